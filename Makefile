@@ -1,0 +1,59 @@
+# torchcycle — every target sets itself up: the first call creates .venv (torch 2.13.0 CPU first,
+# then the rest under requirements/constraints.txt). Telemetry of every tool is off.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+PYTEST_ARGS ?=
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export STREAMLIT_BROWSER_GATHER_USAGE_STATS := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: help venv run test test-fast mlflow lint lock clean-venv
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create the virtual environment (idempotent)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	touch $@
+
+run: venv ## dvc repro: ingest, validate, preprocess, train and evaluate every task
+	@test -d .dvc || $(BIN)/dvc init --quiet
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+test: venv ## the whole test suite (what CI runs)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv ## unit tests only (no end-to-end runs)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+mlflow: venv ## MLflow UI on the project's store, on 127.0.0.1
+	$(BIN)/mlflow ui --host $(HOST) --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlflow.db \
+		--default-artifact-root ./mlartifacts --workers 1
+
+lint: venv ## ruff
+	$(BIN)/ruff check src tests pipelines dashboards benchmarks
+
+lock: ## regenerate requirements/constraints.txt from a fresh resolve
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet torch==2.13.0 && .lock-venv/bin/pip install --quiet -e '.[dev]'
+	( echo "# Full lock of the environment: every install runs under these constraints (make venv)."; \
+	  echo "# Regenerate with: make lock"; \
+	  .lock-venv/bin/pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' ) > requirements/constraints.txt
+	rm -rf .lock-venv
+
+clean-venv: ## remove the virtual environment
+	rm -rf $(VENV)

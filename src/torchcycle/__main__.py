@@ -1,0 +1,3 @@
+from torchcycle.cli import app
+
+app()

@@ -1,0 +1,98 @@
+"""The `torchcycle` command line. Heavy libraries (torch, mlflow, pandas…) are imported inside the
+commands that need them so that `torchcycle --help` starts fast."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+
+app = typer.Typer(
+    help="torchcycle: versioned data to an explained, exported, registered PyTorch model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (run from the project root)")
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    """Run a command; user-facing errors print as a message and exit code 2, without a traceback."""
+    from torchcycle.errors import TorchcycleError
+    from torchcycle.tracking.mlflow_run import disable_telemetry
+
+    disable_telemetry()
+    try:
+        return fn()
+    except TorchcycleError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+
+
+def _stage(module: str, task: str, params_file: Path, **kwargs: Any) -> Any:
+    import importlib
+
+    from torchcycle.config import load_params
+
+    def go() -> Any:
+        params = load_params(params_file)
+        params.task(task)
+        stage = importlib.import_module(f"torchcycle.stages.{module}")
+        return stage.run(params, task, params_file.resolve().parent, **kwargs)
+
+    return _run(go)
+
+
+@app.command()
+def ingest(task: str, params: Path = ParamsOption) -> None:
+    """Read and validate the task's source; write data/raw/<task>/ and the validation report."""
+    report = _stage("ingest", task, params)
+    summary = report.get("summary", {})
+    typer.echo(f"ingest@{task}: validation {report['status']}; rows/images: "
+               f"{summary.get('rows', summary.get('images'))}")
+
+
+@app.command()
+def preprocess(task: str, params: Path = ParamsOption) -> None:
+    """Split, fit preprocessing on the training split, write data/processed/<task>/."""
+    counts = _stage("preprocess", task, params)
+    typer.echo(f"preprocess@{task}: " + ", ".join(f"{k} {v['rows']}" for k, v in counts.items()))
+
+
+@app.command()
+def train(task: str, params: Path = ParamsOption,
+          progress: bool = typer.Option(True, help="show a progress bar")) -> None:
+    """Train the task's model and track it in MLflow; write models/<task>/."""
+    out = _stage("train", task, params, progress=progress and sys.stderr.isatty())
+    typer.echo(f"train@{task}: best epoch {out['best_epoch']}, MLflow run {out['run_id']}")
+
+
+@app.command()
+def evaluate(task: str, params: Path = ParamsOption) -> None:
+    """Score the model on the test split; write reports/<task>/metrics.json, plots and figures."""
+    m = _stage("evaluate", task, params)
+    typer.echo(f"evaluate@{task}: accuracy {m['accuracy']:.4f}  roc_auc {m['roc_auc']:.4f}  "
+               f"f1_macro {m['f1_macro']:.4f}  log_loss {m['log_loss']:.4f}")
+
+
+@app.command("check-params")
+def check_params(params: Path = ParamsOption) -> None:
+    """Validate params.yaml and list the tasks it defines."""
+    from torchcycle.config import load_params
+
+    p = _run(lambda: load_params(params))
+    for name in p.tasks:
+        cfg = p.task(name)
+        typer.echo(f"{name}: {cfg.kind}, model {cfg.model.name}, {cfg.train.epochs} epochs")
+    typer.echo(f"{params}: OK")
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,284 @@
+"""The params.yaml schema, validated on load.
+
+Every knob of the pipeline lives in params.yaml; a typo there must fail loudly with the key and the
+allowed values instead of silently training with a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from torchcycle.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# --------------------------------------------------------------------------- sources
+class TabularSource(Strict):
+    """Where a tabular task's rows come from: a built-in dataset or a CSV/Parquet file."""
+
+    builtin: Literal["adult"] | None = None
+    path: str | None = Field(None, description="CSV or Parquet file, relative to the project root")
+    test_path: str | None = Field(None, description="optional official test file with the same columns")
+    target: str = "income"
+    positive_class: str | None = Field(None, description="label treated as positive for binary ROC AUC")
+    features: list[str] | None = Field(None, description="feature columns; default: every other column")
+    categorical: list[str] | None = Field(None, description="default: the non-numeric columns")
+    numeric: list[str] | None = Field(None, description="default: the numeric columns")
+    drop: list[str] = Field(default_factory=list, description="columns to ignore")
+    na_values: list[str] = Field(default_factory=lambda: ["?", ""])
+    csv_sep: str = ","
+    max_rows: int | None = Field(None, ge=10, description="keep a stratified sample of at most this many rows per file")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TabularSource":
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("set exactly one of `builtin` (adult) or `path` (a .csv or .parquet file)")
+        return self
+
+
+class ImageSource(Strict):
+    """A built-in image dataset or a folder laid out as <root>/<class name>/<image file>."""
+
+    builtin: Literal["mnist"] | None = None
+    path: str | None = Field(None, description="image folder <root>/<class>/<image>, relative to the project")
+    extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg"])
+    max_images: int | None = Field(None, ge=10, description="keep a stratified sample of at most this many images")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ImageSource":
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("set exactly one of `builtin` (mnist) or `path` (an image folder)")
+        return self
+
+
+# --------------------------------------------------------------------------- data handling
+class SplitConfig(Strict):
+    test_size: float = Field(0.2, gt=0, lt=1, description="held-out share when the source has no test file")
+    val_size: float = Field(0.1, gt=0, lt=1, description="share of the training rows kept for validation")
+
+
+class TabularPreprocess(Strict):
+    numeric_missing: Literal["median", "mean", "zero"] = "median"
+    categorical_missing: Literal["category", "most_frequent"] = Field(
+        "category", description="category: missing values become their own level"
+    )
+    scaling: Literal["standard", "robust", "minmax", "none"] = "standard"
+    min_category_count: int = Field(1, ge=1, description="rarer levels are treated as unseen")
+    max_missing_fraction: float = Field(
+        0.5, ge=0, le=1, description="a column with more missing values than this fails validation"
+    )
+
+
+class ImagePreprocess(Strict):
+    size: tuple[int, int] = (28, 28)
+    channels: Literal[1, 3] = 1
+    normalize: Literal["dataset", "unit"] = Field(
+        "dataset", description="dataset: per-channel mean/std of the training split; unit: [0, 1] only"
+    )
+
+
+# --------------------------------------------------------------------------- models
+class MLPConfig(Strict):
+    name: Literal["mlp"] = "mlp"
+    hidden_sizes: list[int] = Field(default_factory=lambda: [128, 64])
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    dropout: float = Field(0.1, ge=0, lt=1)
+    batch_norm: bool = True
+    embedding_dim: int = Field(
+        0, ge=0, description="0: one-hot categorical columns; >0: a learned embedding of this size"
+    )
+
+
+class CNNConfig(Strict):
+    name: Literal["cnn"] = "cnn"
+    channels: list[int] = Field(default_factory=lambda: [32, 64])
+    kernel_size: int = 3
+    hidden: int = 128
+    dropout: float = Field(0.25, ge=0, lt=1)
+    batch_norm: bool = True
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+
+
+TabularModel = Annotated[Union[MLPConfig], Field(discriminator="name")]
+ImageModel = Annotated[Union[CNNConfig], Field(discriminator="name")]
+
+
+# --------------------------------------------------------------------------- training
+class EarlyStopping(Strict):
+    enabled: bool = True
+    patience: int = Field(5, ge=1)
+    min_delta: float = 0.0
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["none", "cosine", "step"] = "cosine"
+    step_size: int = Field(5, ge=1, description="epochs between decays for the step schedule")
+    gamma: float = Field(0.1, gt=0, le=1)
+    monitor: Literal["val_loss", "val_accuracy", "val_roc_auc"] = "val_loss"
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
+
+
+# --------------------------------------------------------------------------- tasks
+class TabularTask(Strict):
+    kind: Literal["tabular"]
+    source: TabularSource
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    preprocess: TabularPreprocess = Field(default_factory=TabularPreprocess)
+    model: TabularModel = Field(default_factory=MLPConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class ImageTask(Strict):
+    kind: Literal["image"]
+    source: ImageSource
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    preprocess: ImagePreprocess = Field(default_factory=ImagePreprocess)
+    model: ImageModel = Field(default_factory=CNNConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+TaskConfig = Annotated[Union[TabularTask, ImageTask], Field(discriminator="kind")]
+
+
+class TrackingConfig(Strict):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db"
+    )
+    experiment_prefix: str = "torchcycle-"
+    log_figures: bool = True
+
+
+class Params(Strict):
+    seed: int = 42
+    tasks: list[str] = Field(min_length=1)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    task_configs: dict[str, TaskConfig] = Field(default_factory=dict)
+
+    def task(self, name: str) -> TabularTask | ImageTask:
+        try:
+            return self.task_configs[name]
+        except KeyError:
+            known = ", ".join(sorted(self.task_configs)) or "none"
+            raise ConfigError(
+                f"unknown task '{name}'. Tasks defined in {PARAMS_FILE}: {known}. "
+                f"Add a '{name}:' section (kind: tabular or image) to {PARAMS_FILE}."
+            ) from None
+
+
+# --------------------------------------------------------------------------- loading
+_TOP_LEVEL = {"seed", "tasks", "tracking"}
+
+
+def parse_params(raw: dict[str, Any], source: str = PARAMS_FILE) -> Params:
+    """Validate a params mapping; task sections are the top-level keys named in `tasks`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    tasks = raw.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise ConfigError(f"{source}: `tasks` must be a non-empty list of task names, e.g. [adult, mnist]")
+    unknown = [k for k in raw if k not in _TOP_LEVEL and k not in tasks]
+    if unknown:
+        allowed = sorted(_TOP_LEVEL | set(map(str, tasks)))
+        hints = "; ".join(_suggest(k, allowed) for k in unknown)
+        raise ConfigError(
+            f"{source}: unknown top-level key(s) {unknown}. {hints}. Allowed: {allowed} "
+            "(a task section must also be listed in `tasks`)."
+        )
+    missing = [t for t in tasks if t not in raw]
+    if missing:
+        raise ConfigError(f"{source}: task(s) {missing} listed in `tasks` have no section of their own.")
+    payload = {k: raw[k] for k in _TOP_LEVEL if k in raw}
+    payload["task_configs"] = {t: raw[t] for t in tasks}
+    try:
+        return Params.model_validate(payload)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found. Run torchcycle from the project root (where params.yaml is).")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))
+
+
+def _suggest(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f"'{key}': did you mean '{close[0]}'?" if close else f"'{key}' is not a known key"
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source} has {exc.error_count()} problem(s):"]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        if loc and loc[0] == "task_configs":
+            loc = loc[1:]
+            # drop the discriminator tag pydantic inserts (e.g. 'tabular', 'mlp')
+            loc = [p for i, p in enumerate(loc) if not (i in (1, 3) and p in {"tabular", "image", "mlp", "cnn"})]
+        where = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(err, exc)
+            hint = _suggest(loc[-1], allowed) if allowed else ""
+            lines.append(f"  - {where}: unknown key. {hint}. Allowed here: {', '.join(allowed)}")
+        else:
+            lines.append(f"  - {where}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _allowed_keys(err: dict, exc: ValidationError) -> list[str]:
+    """Field names of the model that rejected an extra key, found by walking the error location."""
+    ann: Any = Params
+    for part in err["loc"][:-1]:
+        ann = _step(ann, part)
+        if ann is None:
+            return []
+    ann = _step(ann, None) if not _is_model(ann) else ann
+    return sorted(ann.model_fields) if _is_model(ann) else []
+
+
+def _is_model(ann: Any) -> bool:
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
+
+
+def _step(ann: Any, part: Any) -> Any:
+    """Follow one location element: a field name, a dict key / list index, or a union tag."""
+    from typing import get_args, get_origin
+
+    while get_origin(ann) is Annotated:
+        ann = get_args(ann)[0]
+    if _is_model(ann):
+        field = ann.model_fields.get(part)
+        return field.annotation if field else None
+    origin = get_origin(ann)
+    if origin in (dict, list):
+        return get_args(ann)[-1]
+    members = [a for a in get_args(ann) if _is_model(a)]
+    for m in members:
+        for key in ("kind", "name"):
+            f = m.model_fields.get(key)
+            if f is not None and part in get_args(f.annotation):
+                return m
+    if len(members) == 1:
+        return _step(members[0], part) if part is not None else members[0]
+    return None

@@ -1,0 +1,1 @@
+"""Data sources, validation, preprocessing and splits."""

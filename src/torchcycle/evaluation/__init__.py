@@ -1,0 +1,1 @@
+"""Model evaluation: metrics, plot data tables and figures, all pure (no file or tracking I/O)."""

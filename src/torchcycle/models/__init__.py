@@ -1,0 +1,1 @@
+"""nn.Modules only, built from params by name."""

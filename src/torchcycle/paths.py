@@ -1,0 +1,81 @@
+"""Where each stage reads and writes, per task; one place so stages, flows and the dashboard agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TaskPaths:
+    task: str
+    root: Path = Path(".")
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw" / self.task
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "data" / "processed" / self.task
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models" / self.task
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports" / self.task
+
+    # files inside those directories ------------------------------------------------------------
+    @property
+    def validation_report(self) -> Path:
+        return self.reports / "validation.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports / "metrics.json"
+
+    @property
+    def evaluation(self) -> Path:
+        """Plot data (CSV) of the evaluate stage, declared as DVC plots."""
+        return self.reports / "evaluation"
+
+    @property
+    def figures(self) -> Path:
+        """PNG figures of the evaluate stage, also logged to the MLflow run."""
+        return self.reports / "figures"
+
+    @property
+    def predictions(self) -> Path:
+        """Test-split predictions with probabilities, for galleries of misclassified examples."""
+        return self.reports / "predictions.csv"
+
+    @property
+    def training(self) -> Path:
+        """Learning curves written by the train stage."""
+        return self.reports / "training"
+
+    @property
+    def weights(self) -> Path:
+        return self.models / "model.pt"
+
+    @property
+    def model_config(self) -> Path:
+        return self.models / "model_config.json"
+
+    @property
+    def run_info(self) -> Path:
+        """The MLflow run that train opened; later stages reopen it by this id."""
+        return self.models / "mlflow_run.json"
+
+    @property
+    def preprocessor(self) -> Path:
+        return self.processed / "preprocessor.json"
+
+    @property
+    def schema(self) -> Path:
+        return self.processed / "schema.json"
+
+    def split(self, name: str) -> Path:
+        return self.processed / f"{name}.npz"

@@ -1,0 +1,1 @@
+"""Thin DVC stage entry points: read params, load inputs, call the pure code, write outputs."""

@@ -1,0 +1,1 @@
+"""MLflow: run hand-off between stages."""
