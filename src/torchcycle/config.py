@@ -38,6 +38,9 @@ class TabularSource(Strict):
     na_values: list[str] = Field(default_factory=lambda: ["?", ""])
     csv_sep: str = ","
     max_rows: int | None = Field(None, ge=10, description="keep a stratified sample of at most this many rows per file")
+    max_missing_fraction: float = Field(
+        0.5, ge=0, le=1, description="a column with more missing values than this fails validation"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "TabularSource":
@@ -72,11 +75,10 @@ class TabularPreprocess(Strict):
     categorical_missing: Literal["category", "most_frequent"] = Field(
         "category", description="category: missing values become their own level"
     )
-    scaling: Literal["standard", "robust", "minmax", "none"] = "standard"
-    min_category_count: int = Field(1, ge=1, description="rarer levels are treated as unseen")
-    max_missing_fraction: float = Field(
-        0.5, ge=0, le=1, description="a column with more missing values than this fails validation"
+    scaling: Literal["standard", "quantile", "robust", "minmax", "none"] = Field(
+        "standard", description="quantile: map through training quantiles to a normal (heavy-tailed columns)"
     )
+    min_category_count: int = Field(1, ge=1, description="rarer levels are treated as unseen")
 
 
 class ImagePreprocess(Strict):
@@ -97,6 +99,14 @@ class MLPConfig(Strict):
     embedding_dim: int = Field(
         0, ge=0, description="0: one-hot categorical columns; >0: a learned embedding of this size"
     )
+    numeric_embedding: Literal["none", "ple", "periodic"] = Field(
+        "none", description="ple: piecewise-linear encoding on training quantile bins; periodic: sin/cos"
+    )
+    numeric_embedding_dim: int = Field(16, ge=1)
+    numeric_bins: int = Field(32, ge=2, description="quantile bins per numeric column for ple")
+    periodic_frequencies: int = Field(16, ge=1)
+    periodic_sigma: float = Field(0.1, gt=0)
+    residual: bool = Field(False, description="residual blocks (ResNet-style MLP) instead of a plain stack")
 
 
 class CNNConfig(Strict):
@@ -184,6 +194,7 @@ class Params(Strict):
 
 # --------------------------------------------------------------------------- loading
 _TOP_LEVEL = {"seed", "tasks", "tracking"}
+TASK_SECTIONS = ("source", "split", "preprocess", "model", "train")
 
 
 def parse_params(raw: dict[str, Any], source: str = PARAMS_FILE) -> Params:
@@ -193,19 +204,30 @@ def parse_params(raw: dict[str, Any], source: str = PARAMS_FILE) -> Params:
     tasks = raw.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         raise ConfigError(f"{source}: `tasks` must be a non-empty list of task names, e.g. [adult, mnist]")
-    unknown = [k for k in raw if k not in _TOP_LEVEL and k not in tasks]
+    # a mapping with a `kind` is a task section; ones not listed in `tasks` are kept (and validated)
+    # but not run, so a task can be switched off without deleting its settings
+    sections = [k for k, v in raw.items() if k not in _TOP_LEVEL and isinstance(v, dict) and "kind" in v]
+    unknown = [k for k in raw if k not in _TOP_LEVEL and k not in tasks and k not in sections]
     if unknown:
         allowed = sorted(_TOP_LEVEL | set(map(str, tasks)))
         hints = "; ".join(_suggest(k, allowed) for k in unknown)
         raise ConfigError(
             f"{source}: unknown top-level key(s) {unknown}. {hints}. Allowed: {allowed} "
-            "(a task section must also be listed in `tasks`)."
+            "or a task section (a mapping with `kind: tabular` or `kind: image`)."
         )
     missing = [t for t in tasks if t not in raw]
     if missing:
         raise ConfigError(f"{source}: task(s) {missing} listed in `tasks` have no section of their own.")
+    for t in tasks:
+        absent = [k for k in TASK_SECTIONS if isinstance(raw[t], dict) and k not in raw[t]]
+        if absent:
+            raise ConfigError(
+                f"{source}: task '{t}' has no {', '.join(absent)} section(s). dvc.yaml tracks each section as "
+                f"a parameter dependency, so each must be present; write e.g. `{absent[0]}: {{}}` to use "
+                "the defaults."
+            )
     payload = {k: raw[k] for k in _TOP_LEVEL if k in raw}
-    payload["task_configs"] = {t: raw[t] for t in tasks}
+    payload["task_configs"] = {t: raw[t] for t in dict.fromkeys([*tasks, *sections])}
     try:
         return Params.model_validate(payload)
     except ValidationError as exc:

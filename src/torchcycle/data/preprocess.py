@@ -16,6 +16,7 @@ import pandas as pd
 from torchcycle.errors import PredictionInputError
 
 MISSING = "<missing>"
+N_QUANTILES = 101
 UNSEEN_CODE = 0  # category code 0 is "unseen / rare"; known levels start at 1
 
 
@@ -64,11 +65,13 @@ def fit_tabular(train: pd.DataFrame, numeric: list[str], categorical: list[str],
         fill = {"median": values.median(), "mean": values.mean(), "zero": 0.0}[cfg.numeric_missing]
         fill = 0.0 if pd.isna(fill) else float(fill)
         filled = values.fillna(fill)
-        center, scale = _scaling(filled, cfg.scaling)
-        num_state.append({
-            "name": col, "fill": fill, "center": center, "scale": scale,
-            "min": float(filled.min()), "max": float(filled.max()),
-        })  # fmt: skip
+        spec = {"name": col, "fill": fill, "min": float(filled.min()), "max": float(filled.max())}
+        if cfg.scaling == "quantile":
+            spec["quantiles"] = np.quantile(filled.to_numpy(), np.linspace(0, 1, N_QUANTILES)).tolist()
+            spec["center"], spec["scale"] = 0.0, 1.0
+        else:
+            spec["center"], spec["scale"] = _scaling(filled, cfg.scaling)
+        num_state.append(spec)
     cat_state = []
     for col in categorical:
         values = train[col].astype("string")
@@ -120,14 +123,29 @@ def transform_tabular(df: pd.DataFrame, state: dict[str, Any]) -> tuple[np.ndarr
             raise PredictionInputError(
                 f"column '{spec['name']}', row {i}: {raw.iloc[i]!r} is not a number ({int(bad.sum())} such value(s))."
             )
-        values = values.astype("float64").fillna(spec["fill"])
-        x_num[:, j] = ((values - spec["center"]) / spec["scale"]).to_numpy(dtype=np.float32)
+        values = values.astype("float64").fillna(spec["fill"]).to_numpy()
+        if "quantiles" in spec:
+            values = quantile_normal(values, np.asarray(spec["quantiles"]))
+        x_num[:, j] = ((values - spec["center"]) / spec["scale"]).astype(np.float32)
     x_cat = np.empty((n, len(state["categorical"])), dtype=np.int64)
     for j, spec in enumerate(state["categorical"]):
         lookup = {c: i + 1 for i, c in enumerate(spec["categories"])}
         values = df[spec["name"]].astype("string").str.strip().fillna(spec["fill"])
         x_cat[:, j] = [lookup.get(v, UNSEEN_CODE) for v in values]
     return x_num, x_cat
+
+
+def quantile_normal(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Map values through the training quantiles to a standard normal (robust to heavy skew).
+
+    Interpolating forwards and backwards and averaging handles repeated quantiles (e.g. a column
+    that is mostly zero), as scikit-learn's QuantileTransformer does.
+    """
+    from scipy.special import ndtri
+
+    ranks = np.linspace(0, 1, len(quantiles))
+    u = 0.5 * (np.interp(values, quantiles, ranks) - np.interp(-values, -quantiles[::-1], -ranks[::-1]))
+    return ndtri(np.clip(u, 1e-7, 1 - 1e-7))
 
 
 def cardinalities(state: dict[str, Any]) -> list[int]:

@@ -177,13 +177,13 @@ def validate_tabular(
             if col in df.columns:
                 df[col] = df[col].astype("string").str.strip()
         missing = df[roles.features].isna().mean() if all(c in df for c in roles.features) else pd.Series()
-        too_many = missing[missing > preprocess.max_missing_fraction]
+        too_many = missing[missing > source.max_missing_fraction]
         for col, frac in too_many.items():
             report.fail(
                 "missing_values",
                 f"{file}, column '{col}': {frac:.0%} of values are missing (limit "
-                f"{preprocess.max_missing_fraction:.0%}). Drop the column with `source.drop` or raise "
-                "`preprocess.max_missing_fraction`.",
+                f"{source.max_missing_fraction:.0%}). Drop the column with `source.drop` or raise "
+                "`source.max_missing_fraction`.",
             )
         report.check(
             "missing_values_policy",

@@ -8,8 +8,12 @@ from typing import Any
 from torch import nn
 
 
-def model_spec(task_cfg, schema: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-able description from which `build_model` recreates the architecture."""
+def model_spec(task_cfg, schema: dict[str, Any], train_inputs: tuple | None = None) -> dict[str, Any]:
+    """A JSON-able description from which `build_model` recreates the architecture.
+
+    `train_inputs` (the training tensors) are needed only by data-dependent parts, such as the
+    quantile bins of piecewise-linear numeric embeddings; the result is stored in the spec.
+    """
     m = task_cfg.model
     n_classes = len(schema["classes"])
     if m.name == "mlp":
@@ -24,6 +28,12 @@ def model_spec(task_cfg, schema: dict[str, Any]) -> dict[str, Any]:
                 "dropout": m.dropout,
                 "batch_norm": m.batch_norm,
                 "embedding_dim": m.embedding_dim,
+                "numeric_embedding": m.numeric_embedding,
+                "numeric_embedding_dim": m.numeric_embedding_dim,
+                "numeric_bin_edges": _bin_edges(m, train_inputs),
+                "periodic_frequencies": m.periodic_frequencies,
+                "periodic_sigma": m.periodic_sigma,
+                "residual": m.residual,
             },
         }
     if m.name == "cnn":
@@ -53,3 +63,13 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     if spec["name"] == "cnn":
         kwargs["image_size"] = tuple(kwargs["image_size"])
     return registry[spec["name"]](**kwargs)
+
+
+def _bin_edges(m, train_inputs: tuple | None) -> list[list[float]] | None:
+    if m.numeric_embedding != "ple":
+        return None
+    if train_inputs is None:
+        raise ValueError("numeric_embedding 'ple' needs the training inputs to place its bins")
+    from torchcycle.models.numeric_embeddings import quantile_bin_edges
+
+    return quantile_bin_edges(train_inputs[0], m.numeric_bins)

@@ -41,6 +41,24 @@ class CategoricalEncoder(nn.Module):
         )
 
 
+class ResidualBlock(nn.Module):
+    """x + Dropout(Linear(act(Linear(Norm(x))))): the ResNet-style MLP block of tabular DL baselines."""
+
+    def __init__(self, width: int, hidden: int, activation_name: str, dropout: float, batch_norm: bool) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.BatchNorm1d(width) if batch_norm else nn.LayerNorm(width),
+            nn.Linear(width, hidden),
+            activation(activation_name),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, width),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
 class TabularMLP(nn.Module):
     def __init__(
         self,
@@ -52,28 +70,60 @@ class TabularMLP(nn.Module):
         dropout: float = 0.0,
         batch_norm: bool = False,
         embedding_dim: int = 0,
+        numeric_embedding: str = "none",
+        numeric_embedding_dim: int = 16,
+        numeric_bin_edges: list[list[float]] | None = None,
+        periodic_frequencies: int = 16,
+        periodic_sigma: float = 0.1,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         self.categorical = CategoricalEncoder(cardinalities, embedding_dim)
-        width = n_numeric + self.categorical.out_features
+        self.numeric = _numeric_encoder(
+            n_numeric, numeric_embedding, numeric_embedding_dim, numeric_bin_edges,
+            periodic_frequencies, periodic_sigma,
+        )  # fmt: skip
+        width = (self.numeric.out_features if self.numeric is not None else n_numeric) + self.categorical.out_features
         layers: list[nn.Module] = []
-        for size in hidden_sizes:
+        if residual:
+            size = hidden_sizes[0]
             layers.append(nn.Linear(width, size))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(size))
-            layers.append(activation(activation_name))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+            layers += [ResidualBlock(size, h, activation_name, dropout, batch_norm) for h in hidden_sizes[1:] or [size]]
+            layers += [nn.BatchNorm1d(size) if batch_norm else nn.LayerNorm(size), activation(activation_name)]
             width = size
+        else:
+            for size in hidden_sizes:
+                layers.append(nn.Linear(width, size))
+                if batch_norm:
+                    layers.append(nn.BatchNorm1d(size))
+                layers.append(activation(activation_name))
+                if dropout > 0:
+                    layers.append(nn.Dropout(dropout))
+                width = size
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, n_classes)
 
     def encode(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
         """The flat input vector the MLP sees (numeric columns, then encoded categoricals)."""
-        return torch.cat([x_num, self.categorical(x_cat)], dim=1)
+        num = self.numeric(x_num) if self.numeric is not None else x_num
+        return torch.cat([num, self.categorical(x_cat)], dim=1)
 
     def forward_encoded(self, z: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(z))
 
     def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
         return self.forward_encoded(self.encode(x_num, x_cat))
+
+
+def _numeric_encoder(n_numeric, kind, dim, bin_edges, n_frequencies, sigma) -> nn.Module | None:
+    from torchcycle.models.numeric_embeddings import PeriodicEmbedding, PiecewiseLinearEmbedding
+
+    if kind == "none" or n_numeric == 0:
+        return None
+    if kind == "ple":
+        if not bin_edges:
+            raise ValueError("numeric_embedding 'ple' needs numeric_bin_edges computed from the training split")
+        return PiecewiseLinearEmbedding(bin_edges, dim)
+    if kind == "periodic":
+        return PeriodicEmbedding(n_numeric, dim, n_frequencies, sigma)
+    raise ValueError(f"unknown numeric_embedding '{kind}'; choose none, ple or periodic")

@@ -35,7 +35,7 @@ def run(params: Params, task: str, root: Path, progress: bool = True) -> dict:
     threads = configure_threads(cfg.train.num_threads)
     train, val = load_split(paths, "train"), load_split(paths, "val")
     schema = read_json(paths.schema)
-    spec = model_spec(cfg, schema)
+    spec = model_spec(cfg, schema, train.inputs)
     model = build_model(spec)
     n_classes = len(schema["classes"])
 
