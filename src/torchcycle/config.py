@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from torchcycle.errors import ConfigError
 
@@ -146,6 +146,15 @@ class TrainConfig(Strict):
 
 
 # --------------------------------------------------------------------------- tasks
+def _default_model_name(name: str):
+    def fill(value: Any) -> Any:
+        if isinstance(value, dict) and "name" not in value:
+            return {"name": name, **value}
+        return value
+
+    return fill
+
+
 class TabularTask(Strict):
     kind: Literal["tabular"]
     source: TabularSource
@@ -153,6 +162,8 @@ class TabularTask(Strict):
     preprocess: TabularPreprocess = Field(default_factory=TabularPreprocess)
     model: TabularModel = Field(default_factory=MLPConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    _model_name = field_validator("model", mode="before")(_default_model_name("mlp"))
 
 
 class ImageTask(Strict):
@@ -162,6 +173,8 @@ class ImageTask(Strict):
     preprocess: ImagePreprocess = Field(default_factory=ImagePreprocess)
     model: ImageModel = Field(default_factory=CNNConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    _model_name = field_validator("model", mode="before")(_default_model_name("cnn"))
 
 
 TaskConfig = Annotated[Union[TabularTask, ImageTask], Field(discriminator="kind")]
@@ -245,9 +258,9 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     return parse_params(raw, str(path))
 
 
-def _suggest(key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    return f"'{key}': did you mean '{close[0]}'?" if close else f"'{key}' is not a known key"
+def _suggest(key: Any, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    return f"'{key}': did you mean '{close[0]}'" if close else f"'{key}' is not a known key"
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
@@ -262,7 +275,7 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(err, exc)
             hint = _suggest(loc[-1], allowed) if allowed else ""
-            lines.append(f"  - {where}: unknown key. {hint}. Allowed here: {', '.join(allowed)}")
+            lines.append(f"  - {where}: unknown key. {hint}. Allowed here: {', '.join(allowed)}.")
         else:
             lines.append(f"  - {where}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
@@ -283,6 +296,16 @@ def _is_model(ann: Any) -> bool:
     return isinstance(ann, type) and issubclass(ann, BaseModel)
 
 
+def _tag_of(model: Any) -> Any:
+    from typing import get_args
+
+    for key in ("kind", "name"):
+        f = model.model_fields.get(key)
+        if f is not None and get_args(f.annotation):
+            return get_args(f.annotation)[0]
+    return None
+
+
 def _step(ann: Any, part: Any) -> Any:
     """Follow one location element: a field name, a dict key / list index, or a union tag."""
     from typing import get_args, get_origin
@@ -291,6 +314,8 @@ def _step(ann: Any, part: Any) -> Any:
         ann = get_args(ann)[0]
     if _is_model(ann):
         field = ann.model_fields.get(part)
+        if field is None and _tag_of(ann) == part:
+            return ann  # the discriminator tag pydantic puts in the location of a one-member union
         return field.annotation if field else None
     origin = get_origin(ann)
     if origin in (dict, list):

@@ -72,6 +72,14 @@ def resolve_roles(df: pd.DataFrame, source) -> ColumnRoles:
     return ColumnRoles(target=source.target, numeric=list(numeric), categorical=list(categorical))
 
 
+def as_labels(values: pd.Series) -> pd.Series:
+    """Text labels that read the same whichever file they came from: whole floats such as 1.0 (what
+    pandas makes of an integer column with gaps) become "1", surrounding spaces are dropped."""
+    if pd.api.types.is_float_dtype(values) and (values.dropna() % 1 == 0).all():
+        values = values.astype("Int64")
+    return values.astype("string").str.strip()
+
+
 def _where(name: str, idx: Any, has_header: bool) -> str:
     return f"{name} line {int(idx) + 2}" if has_header else f"{name} row {int(idx)}"
 
@@ -94,6 +102,7 @@ def validate_tabular(
     }  # fmt: skip
     for split, (file, df) in frames.items():
         name = file.name
+        df = df.reset_index(drop=True)
         if df.empty:
             report.fail("rows", f"{file}: the file has no data rows. Point `source.path` at a file with rows.")
             continue
@@ -120,10 +129,10 @@ def validate_tabular(
                 f"extra {sorted(set(df.columns) - set(first.columns))}. Both files need the same columns.",
             )
         n_before = len(df)
-        df = df[df[target].notna()].reset_index(drop=True)
+        df = df[df[target].notna()].copy()  # keep the original index: messages cite file lines
         dropped = n_before - len(df)
         report.check("target_missing_policy", True, f"{name}: dropped {dropped} row(s) with no target")
-        df[target] = df[target].astype(str).str.strip()
+        df[target] = as_labels(df[target])
         cleaned[split] = df
     if report.errors:
         return report, cleaned, None
@@ -175,7 +184,7 @@ def validate_tabular(
             df[col] = parsed.astype("float64")
         for col in roles.categorical:
             if col in df.columns:
-                df[col] = df[col].astype("string").str.strip()
+                df[col] = as_labels(df[col])
         missing = df[roles.features].isna().mean() if all(c in df for c in roles.features) else pd.Series()
         too_many = missing[missing > source.max_missing_fraction]
         for col, frac in too_many.items():
@@ -192,6 +201,7 @@ def validate_tabular(
             f"{preprocess.categorical_missing}; counts {df[roles.features].isna().sum()[lambda s: s > 0].to_dict()}",
         )
 
+    cleaned = {split: df.reset_index(drop=True) for split, df in cleaned.items()}
     report.summary = {
         "files": {split: str(frames[split][0]) for split in frames},
         "rows": {split: len(df) for split, df in cleaned.items()},
