@@ -1,0 +1,1 @@
+"""Data monitoring: drift between new batches and the training data."""
