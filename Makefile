@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
+DASHBOARD_PORT ?= 8501
 PYTEST_ARGS ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -17,7 +18,7 @@ export STREAMLIT_BROWSER_GATHER_USAGE_STATS := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help venv run test test-fast mlflow lint lock clean-venv
+.PHONY: help venv run test test-fast mlflow dashboard browser lint lock clean-venv
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
@@ -34,7 +35,7 @@ run: venv ## dvc repro: ingest, validate, preprocess, train and evaluate every t
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-test: venv ## the whole test suite (what CI runs)
+test: venv browser ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: venv ## unit tests only (no end-to-end runs)
@@ -43,6 +44,20 @@ test-fast: venv ## unit tests only (no end-to-end runs)
 mlflow: venv ## MLflow UI on the project's store, on 127.0.0.1
 	$(BIN)/mlflow ui --host $(HOST) --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlflow.db \
 		--default-artifact-root ./mlartifacts --workers 1
+
+dashboard: venv ## the Streamlit dashboard on 127.0.0.1:$(DASHBOARD_PORT)
+	$(BIN)/streamlit run dashboards/app.py --server.headless true --server.address $(HOST) \
+		--server.port $(DASHBOARD_PORT) --browser.gatherUsageStats false
+
+browser: ## Debian's chromium for the real-browser dashboard test (installed only when missing)
+	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+schedule: venv ## Prefect server on 127.0.0.1 (if none runs) + the retraining deployment on its cron schedule
+	PREFECT_PORT=$(PREFECT_PORT) $(BIN)/python -m pipelines.schedule
+
+prefect-ui: ## where to watch retraining runs
+	@echo "Prefect UI: http://$(HOST):$(PREFECT_PORT)  (started by 'make schedule')"
 
 lint: venv ## ruff
 	$(BIN)/ruff check src tests pipelines dashboards benchmarks
