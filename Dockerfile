@@ -1,6 +1,10 @@
-# torchcycle image: the pipeline and its command line on CPU PyTorch.
-# Build: docker build -t torchcycle .      Run the pipeline: docker run --rm -v "$PWD:/work" torchcycle
-FROM python:3.11-slim
+# torchcycle: the pipeline, the retraining flows and the dashboard on CPU PyTorch, in one image.
+#   docker build -t torchcycle .
+#   docker run --rm -p 8501:8501 torchcycle                                   # the dashboard
+#   docker run --rm -v "$PWD:/app" torchcycle dvc repro                       # the pipeline on a checkout
+#   docker run --rm -v "$PWD:/app" torchcycle python -m pipelines.schedule    # the retraining schedule
+#   docker run --rm -v "$PWD:/app" torchcycle torchcycle predict --task adult --input rows.csv
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -10,23 +14,39 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MLFLOW_DISABLE_TELEMETRY=true \
     DO_NOT_TRACK=true \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
-    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
+    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false \
+    TORCHCYCLE_ROOT=/app
 
-# git: DVC and the provenance tags need it; make: the project's targets
+# git: DVC and the provenance tags need it. Versions follow Debian bookworm's security updates.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git make \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 torchcycle
+    && groupadd --gid 10001 torchcycle \
+    && useradd --uid 10001 --gid 10001 --create-home torchcycle
 
-WORKDIR /opt/torchcycle
+WORKDIR /app
 
-# CPU torch first, pinned, so nothing later pulls a CUDA build; then the locked dependencies.
+# The same two steps as `make venv`: CPU torch 2.13.0 first, on its own, then everything else under the
+# lock in requirements/constraints.txt. Dependencies sit in their own layer, cached until the lock or
+# pyproject.toml changes; the project's code comes after.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY requirements/constraints.txt requirements/constraints.txt
 COPY pyproject.toml README.md ./
-COPY src src
-RUN pip install -c requirements/constraints.txt .
+RUN mkdir -p src/torchcycle \
+    && touch src/torchcycle/__init__.py \
+    && pip install -c requirements/constraints.txt . \
+    && pip uninstall -y torchcycle \
+    && rm -rf src
+COPY --chown=10001:10001 . .
+RUN pip install --no-deps -c requirements/constraints.txt -e . \
+    && chown -R 10001:10001 /app
 
-USER torchcycle
-WORKDIR /work
-CMD ["dvc", "repro"]
+USER 10001:10001
+EXPOSE 8501
+HEALTHCHECK --interval=30s --timeout=5s --start-period=40s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4)"]
+
+# The dashboard; inside the container it listens on all interfaces so a published port reaches it.
+CMD ["streamlit", "run", "dashboards/app.py", "--server.headless", "true", "--server.address", "0.0.0.0", \
+     "--server.port", "8501", "--browser.gatherUsageStats", "false"]
