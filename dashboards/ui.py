@@ -1,0 +1,120 @@
+"""Shared page pieces: the task picker, the 'nothing yet' message, and charts in the house style
+(Okabe-Ito colours and cividis, as in torchcycle.evaluation.plots, so the dashboard and the reports match)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from torchcycle.evaluation.plots import MATRIX_CMAP, PALETTE
+
+from dashboards import data
+
+TASK_KEY = "task"
+RUN_HINT = "Run `make run` (the whole pipeline: train, evaluate, explain, export, register) first."
+
+
+def task_picker() -> str | None:
+    """Sidebar selector of the task every page shows; None when params.yaml defines none."""
+    names = list(data.tasks())
+    if not names:
+        return None
+    wanted = st.query_params.get(TASK_KEY)  # links such as /predict?task=mnist open on that task
+    if wanted in names and st.session_state.get("_task_from_link") != wanted:
+        st.session_state[TASK_KEY] = st.session_state["_task_from_link"] = wanted
+    if st.session_state.get(TASK_KEY) not in names:
+        st.session_state[TASK_KEY] = names[0]
+    return st.sidebar.selectbox("Task", names, key=TASK_KEY,
+                                format_func=lambda t: f"{t} ({data.tasks()[t]})")
+
+
+def task() -> str:
+    """The task chosen in the sidebar (the first task when the page runs on its own)."""
+    chosen = st.session_state.get(TASK_KEY)
+    return chosen if chosen in data.tasks() else task_picker()
+
+
+def nothing_yet(what: str) -> None:
+    """Tell the reader what to run instead of failing, then end the page."""
+    st.info(f"{what}\n\n{RUN_HINT}", icon=":material/hourglass_empty:")
+    st.stop()
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+# --------------------------------------------------------------------------- charts
+def colours(n: int) -> list[str]:
+    return [PALETTE[i % len(PALETTE)] for i in range(n)]
+
+
+def _finish(chart: alt.Chart, height: int = 320) -> alt.Chart:
+    return (chart.properties(height=height)
+            .configure_axis(labelFontSize=12, titleFontSize=13, gridColor="#DDDDDD")
+            .configure_legend(labelFontSize=12, titleFontSize=12, orient="bottom")
+            .configure_title(fontSize=15, anchor="start"))  # fmt: skip
+
+
+def lines(frame: pd.DataFrame, x: str, y: str, colour: str | None, title: str, x_title: str | None = None,
+          y_title: str | None = None, diagonal: bool = False, height: int = 320) -> alt.Chart:
+    """Line chart with one Okabe-Ito colour per series; optional y = x reference line."""
+    enc: dict[str, Any] = {
+        "x": alt.X(x, type="quantitative", title=x_title or x),
+        "y": alt.Y(y, type="quantitative", title=y_title or y),
+        "tooltip": [c for c in (colour, x, y) if c],
+    }
+    if colour:
+        n = frame[colour].nunique()
+        enc["color"] = alt.Color(colour, type="nominal", scale=alt.Scale(range=colours(n)), title=colour)
+    chart = alt.Chart(frame, title=title).mark_line(strokeWidth=2.5).encode(**enc)
+    if diagonal:
+        ref = alt.Chart(pd.DataFrame({x: [0, 1], y: [0, 1]})).mark_line(
+            strokeDash=[5, 4], color="#888888", strokeWidth=1).encode(x=x, y=y)
+        chart = ref + chart
+    return _finish(chart, height)
+
+
+def bars(frame: pd.DataFrame, x: str, y: str, title: str, x_title: str | None = None, colour: str | None = None,
+         height: int | None = None, sort: str = "-x") -> alt.Chart:
+    """Horizontal bars (y categorical), largest on top."""
+    enc: dict[str, Any] = {
+        "x": alt.X(x, type="quantitative", title=x_title or x),
+        "y": alt.Y(y, type="nominal", sort=sort, title=None),
+        "tooltip": [y, alt.Tooltip(x, format=".4f")],
+    }
+    if colour:
+        enc["color"] = alt.Color(colour, type="nominal", scale=alt.Scale(range=colours(frame[colour].nunique())))
+    else:
+        enc["color"] = alt.value(PALETTE[0])
+    h = height or max(120, 24 * frame[y].nunique())
+    return _finish(alt.Chart(frame, title=title).mark_bar().encode(**enc), h)
+
+
+def heatmap(matrix: pd.DataFrame, title: str, normalise: bool) -> alt.Chart:
+    """Confusion matrix: cividis cells, counts (and row shares) in the tooltip and as labels."""
+    value = "share" if normalise else "count"
+    base = alt.Chart(matrix, title=title).encode(
+        x=alt.X("predicted:N", title="predicted", sort=None),
+        y=alt.Y("actual:N", title="actual", sort=None),
+    )
+    cells = base.mark_rect().encode(
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(scheme=MATRIX_CMAP), title=value),
+        tooltip=["actual", "predicted", "count", alt.Tooltip("share:Q", format=".1%")],
+    )
+    text = base.mark_text(fontSize=12).encode(
+        text=alt.Text(f"{value}:Q", format=".0%" if normalise else "d"),
+        color=alt.condition(alt.datum.share > 0.5, alt.value("black"), alt.value("white")),
+    )
+    side = max(260, 34 * matrix["actual"].nunique())
+    return _finish((cells + text).properties(width=side), side)
+
+
+def pyplot(fig: Any) -> None:
+    """A matplotlib Figure built by torchcycle's plot functions (no pyplot state involved)."""
+    st.pyplot(fig)
