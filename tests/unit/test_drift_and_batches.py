@@ -1,0 +1,144 @@
+"""Drift statistics with known answers, and the drop zone → quarantine / accepted-batch life cycle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from torchcycle.config import parse_params
+from torchcycle.data import batches as B
+from torchcycle.monitoring import drift as D
+from torchcycle.retraining import should_retrain
+
+
+def _reference(n: int = 2000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "age": rng.normal(40, 10, n),
+        "hours": rng.normal(40, 5, n),
+        "plan": rng.choice(["basic", "plus", "pro"], n, p=[0.5, 0.3, 0.2]),
+        "y": rng.choice(["no", "yes"], n),
+    })  # fmt: skip
+
+
+def test_psi_is_zero_for_identical_and_grows_with_shift() -> None:
+    p = np.array([0.2, 0.3, 0.5])
+    assert D.psi(p, p) == pytest.approx(0.0, abs=1e-12)
+    assert D.psi(p, [0.3, 0.3, 0.4]) < D.psi(p, [0.6, 0.3, 0.1])
+
+
+def test_same_distribution_does_not_drift_but_a_shifted_column_does() -> None:
+    ref = _reference()
+    same = _reference(500, seed=1)
+    report = D.tabular_drift(ref, same, ["age", "hours"], ["plan"])
+    assert report["drifted_columns"] == []
+    shifted = same.copy()
+    shifted["age"] += 15
+    shifted["plan"] = "pro"
+    report = D.tabular_drift(ref, shifted, ["age", "hours"], ["plan"])
+    assert set(report["drifted_columns"]) == {"age", "plan"}
+    assert report["drift_share"] == pytest.approx(2 / 3)
+    assert report["columns"]["age"]["batch_mean"] > report["columns"]["age"]["reference_mean"] + 10
+
+
+def test_brighter_images_drift_on_pixel_statistics() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 100, (200, 1, 8, 8)).astype(np.uint8)
+    bright = rng.integers(120, 255, (50, 1, 8, 8)).astype(np.uint8)
+    labels = ["a", "b"] * 100
+    report = D.image_drift(ref, bright, labels, ["a", "b"] * 25)
+    assert "mean_intensity" in report["drifted_columns"]
+    assert "label" not in report["drifted_columns"]
+    fig = D.drift_figure(report)
+    assert "drifted" in fig.axes[0].get_title()
+
+
+def _params(**retrain) -> object:
+    return parse_params({
+        "tasks": ["t"], "retrain": retrain,
+        "t": {"kind": "tabular", "source": {"path": "x.csv", "target": "y"}, "split": {}, "preprocess": {},
+              "model": {}, "train": {}},
+    })  # fmt: skip
+
+
+def test_retrain_decision_follows_the_thresholds() -> None:
+    params = _params(min_new_samples=100, drift_share=0.5)
+    assert should_retrain(params, 0, None) == (False, "no new data")
+    go, reason = should_retrain(params, 10, {"drift_share": 0.1, "drifted_columns": []})
+    assert not go and "waiting for more" in reason
+    assert should_retrain(params, 100, {"drift_share": 0.0, "drifted_columns": []})[0]
+    go, reason = should_retrain(params, 10, {"drift_share": 0.5, "drifted_columns": ["a"]})
+    assert go and "drift" in reason
+
+
+def test_drop_zone_ignores_hidden_partial_files(tmp_path: Path) -> None:
+    params = _params()
+    zone = B.incoming_dir(tmp_path, "t")
+    zone.mkdir(parents=True)
+    (zone / ".upload.csv.partial").write_text("a,b\n")
+    (zone / "march.csv").write_text("a,b\n1,2\n")
+    arrivals = B.find_arrivals(tmp_path, "t", params.task("t"))
+    assert [a.paths[0].name for a in arrivals] == ["march.csv"]
+
+
+def test_bad_batch_goes_to_quarantine_with_its_report(tmp_path: Path) -> None:
+    params = _params()
+    ref = _reference(50)
+    zone = B.incoming_dir(tmp_path, "t")
+    zone.mkdir(parents=True)
+    ref.drop(columns=["hours"]).to_csv(zone / "bad.csv", index=False)
+    (arrival,) = B.find_arrivals(tmp_path, "t", params.task("t"))
+    report, batch = B.validate_tabular_batch(arrival, params.task("t"), ref)
+    assert batch is None and "missing column(s) ['hours']" in report.errors[0]
+    where = B.quarantine(tmp_path, arrival, report)
+    assert not (zone / "bad.csv").exists() and (where / "bad.csv").exists()
+    assert json.loads((where / "report.json").read_text())["status"] == "failed"
+
+
+def test_non_numeric_value_in_a_batch_is_rejected(tmp_path: Path) -> None:
+    params = _params()
+    ref = _reference(50)
+    zone = B.incoming_dir(tmp_path, "t")
+    zone.mkdir(parents=True)
+    bad = ref.copy().astype({"age": object})
+    bad.loc[3, "age"] = "forty"
+    bad.to_csv(zone / "typo.csv", index=False)
+    (arrival,) = B.find_arrivals(tmp_path, "t", params.task("t"))
+    report, batch = B.validate_tabular_batch(arrival, params.task("t"), ref)
+    assert batch is None and any("'forty'" in e and "line 5" in e for e in report.errors)
+
+
+def test_good_batch_is_stored_and_pending_until_ingested(tmp_path: Path) -> None:
+    params = _params()
+    ref = _reference(50)
+    zone = B.incoming_dir(tmp_path, "t")
+    zone.mkdir(parents=True)
+    _reference(20, seed=3).to_csv(zone / "april.csv", index=False)
+    (arrival,) = B.find_arrivals(tmp_path, "t", params.task("t"))
+    report, batch = B.validate_tabular_batch(arrival, params.task("t"), ref)
+    assert not report.errors and len(batch) == 20
+    stored = B.accept_tabular(tmp_path, arrival, batch)
+    assert stored.exists() and not (zone / "april.csv").exists()
+    assert [p.name for p in B.pending_batches(tmp_path, "t")] == [stored.name]
+    raw = tmp_path / "data" / "raw" / "t"
+    raw.mkdir(parents=True)
+    (raw / "data_report.json").write_text(json.dumps({"batches": [B.batch_id(stored)]}))
+    assert B.pending_batches(tmp_path, "t") == []
+
+
+def test_image_batch_with_an_unknown_class_is_rejected(tmp_path: Path) -> None:
+    params = parse_params({
+        "tasks": ["img"],
+        "img": {"kind": "image", "source": {"path": "imgs"}, "split": {}, "preprocess": {}, "model": {}, "train": {}},
+    })  # fmt: skip
+    zone = B.incoming_dir(tmp_path, "img")
+    (zone / "cat").mkdir(parents=True)
+    Image.new("L", (8, 8), 128).save(zone / "cat" / "a.png")
+    (arrival,) = B.find_arrivals(tmp_path, "img", params.task("img"))
+    report, records = B.validate_image_batch(arrival, params.task("img"), ["0", "1"])
+    assert not records and "not classes of this task" in report.errors[0]
