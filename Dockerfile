@@ -4,7 +4,11 @@
 #   docker run --rm -v "$PWD:/app" torchcycle dvc repro                       # the pipeline on a checkout
 #   docker run --rm -v "$PWD:/app" torchcycle python -m pipelines.schedule    # the retraining schedule
 #   docker run --rm -v "$PWD:/app" torchcycle torchcycle predict --task adult --input rows.csv
-FROM python:3.11-slim-bookworm
+# BASE_IMAGE and TORCH_PIP_ARGS let an offline machine build from a locally bootstrapped base and a
+# local wheel directory (deploy/build-offline.sh); the defaults are the public ones.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -30,7 +34,9 @@ WORKDIR /app
 # The same two steps as `make venv`: CPU torch 2.13.0 first, on its own, then everything else under the
 # lock in requirements/constraints.txt. Dependencies sit in their own layer, cached until the lock or
 # pyproject.toml changes; the project's code comes after.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# (pinned: the linter cannot see the version past the variable)
+# hadolint ignore=DL3013
+RUN pip install ${TORCH_PIP_ARGS} torch==2.13.0
 COPY requirements/constraints.txt requirements/constraints.txt
 COPY pyproject.toml README.md ./
 RUN mkdir -p src/torchcycle \
