@@ -13,10 +13,11 @@ from pathlib import Path
 # `streamlit run dashboards/app.py` puts only dashboards/ on the path; pages import `dashboards.*`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from dashboards import ui  # noqa: E402
+from dashboards import ui
 
 HERE = Path(__file__).resolve().parent
 PAGES = [

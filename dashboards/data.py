@@ -210,7 +210,9 @@ def _registered_predictor(uri: str, name: str, version: str) -> Any:
 
     from torchcycle.serving import Predictor
 
-    directory = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", tracking_uri=uri)
+    # resolved through our own client: a models:/ URI would be looked up in the process-wide registry
+    location = client(uri).get_model_version_download_uri(name, version)
+    directory = mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=uri)
     return Predictor.from_dir(directory)
 
 

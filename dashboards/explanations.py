@@ -55,7 +55,7 @@ def local_shap(model: data.Served, frame: pd.DataFrame) -> LocalShap:
     from torchcycle.data.preprocess import transform_tabular
     from torchcycle.explain.tabular import explain_tabular
 
-    torch_model, config = data.torch_model(model)
+    torch_model, _config = data.torch_model(model)
     state = model.predictor.state
     classes = model.predictor.classes
     background = _background(model.task, f"{model.version}:{model.run_id}", json.dumps(state, sort_keys=True))

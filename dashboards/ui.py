@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from torchcycle.evaluation.plots import MATRIX_CMAP, PALETTE
-
 from dashboards import data
+from torchcycle.evaluation.plots import MATRIX_CMAP, PALETTE
 
 TASK_KEY = "task"
 RUN_HINT = "Run `make run` (the whole pipeline: train, evaluate, explain, export, register) first."
@@ -44,7 +44,7 @@ def nothing_yet(what: str) -> None:
 
 
 def fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import streamlit as st
+from dashboards import data, ui
 
 from torchcycle.evaluation.plots import PALETTE
-
-from dashboards import data, ui
 
 st.title("Data")
 task = ui.task()

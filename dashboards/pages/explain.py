@@ -7,11 +7,10 @@ import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
+from dashboards import data, explanations, ui
 
 from torchcycle.evaluation.plots import MATRIX_CMAP
 from torchcycle.explain import plots as XP
-
-from dashboards import data, explanations, ui
 
 st.title("Explain")
 task = ui.task()
@@ -77,7 +76,7 @@ def beeswarm(values: pd.DataFrame, features: list[str]) -> alt.Chart:
 def images() -> None:
     cams = data.read(p.explain / "gradcam.npz")
     if summary is None or cams is None:
-        ui.nothing_yet(f"Grad-CAM overlays appear after the explain stage.")
+        ui.nothing_yet("Grad-CAM overlays appear after the explain stage.")
     classes = [str(c) for c in cams["classes"]]
     st.caption(f"{summary['method']} on layer `{summary['layer']}` of {summary['images']} test images; "
                "heat maps (cividis) mark where the evidence for the predicted class lies.")

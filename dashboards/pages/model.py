@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-
 from dashboards import data, ui
 
 st.title("Model")

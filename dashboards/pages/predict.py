@@ -8,11 +8,10 @@ import time
 import numpy as np
 import pandas as pd
 import streamlit as st
+from dashboards import data, explanations, predicting, ui
 
 from torchcycle.errors import PredictionInputError
 from torchcycle.explain import plots as XP
-
-from dashboards import data, explanations, predicting, ui
 
 st.title("Predict")
 task = ui.task()

@@ -1,0 +1,57 @@
+"""A trained copy of the project for the dashboard tests: the real pipeline (`dvc repro`) on shrunken
+params, run twice for adult (a second learning rate) so there are runs to compare and a challenger."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Project, copy_project
+
+TASKS = ("adult", "mnist")
+
+
+def dashboard_params(params: dict) -> dict:
+    """Fewer explained rows and no latency floor: a busy test machine must not fail the export."""
+    params["explain"].update({"max_rows": 150, "background_rows": 50, "local_examples": 2})
+    params["export"].update({"benchmark_repeats": 10, "min_speedup": 0})
+    return params
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    reuse = os.environ.get("TORCHCYCLE_DASHBOARD_PROJECT")  # a project this fixture built, when iterating
+    if reuse:
+        return Project(Path(reuse), Path(reuse).parent / "dvc-remote")
+    project = copy_project(tmp_path_factory.mktemp("dashboard"))
+    project.write_params(dashboard_params(project.params()))
+    project.run("dvc", "repro")
+    params = project.params()
+    params["adult"]["train"]["lr"] = params["adult"]["train"]["lr"] * 3
+    project.write_params(params)
+    project.run("dvc", "repro")  # adult only: a second run and registered version
+    for task in TASKS:
+        assert (project.root / "reports" / task / "registry.json").exists(), f"register@{task} did not run"
+    return project
+
+
+@pytest.fixture
+def empty_project(tmp_path: Path) -> Path:
+    """A checkout before `make run`: params only, no data, no models, no MLflow store."""
+    (tmp_path / "params.yaml").write_text((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    return tmp_path
+
+
+@pytest.fixture
+def at_root(monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """Point the dashboard at a project for in-process AppTest runs, with the embedded MLflow store."""
+
+    def use(root: Path) -> None:
+        monkeypatch.setenv("TORCHCYCLE_ROOT", str(root))
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        monkeypatch.setenv("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+
+    yield use

@@ -1,0 +1,181 @@
+"""Every dashboard page through streamlit's AppTest: an empty project, a trained one, predictions through
+the form, the CSV upload and the image upload equal to the CLI's, and bad input answered in the page."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.dashboard.conftest import TASKS
+
+APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
+PAGES = ("overview", "experiments", "model", "explain", "predict", "dataset")
+TITLES = {"overview": "Overview", "experiments": "Experiments", "model": "Model", "explain": "Explain",
+          "predict": "Predict", "dataset": "Data"}
+
+
+def open_page(page: str, task: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    at.run()
+    at.session_state["task"] = task
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == TITLES[page]
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def cli_predict(project, task: str, file: Path) -> pd.DataFrame:
+    out = project.run("torchcycle", "predict", "--task", task, "--input", str(file))
+    return pd.read_csv(io.StringIO(out.stdout))
+
+
+# --------------------------------------------------------------------------- before `make run`
+def test_every_page_says_what_to_run_in_an_empty_project(empty_project: Path, at_root) -> None:
+    at_root(empty_project)
+    for task in TASKS:
+        for page in PAGES:
+            at = open_page(page, task)
+            assert "make run" in texts(at.info), (task, page, texts(at.info))
+            assert not at.error
+    assert not (empty_project / "mlflow.db").exists(), "viewing must not create an MLflow store"
+
+
+# --------------------------------------------------------------------------- a trained project
+@pytest.mark.slow
+def test_every_page_renders_with_a_trained_project(trained, at_root) -> None:
+    at_root(trained.root)
+    for task in TASKS:
+        for page in PAGES:
+            at = open_page(page, task)
+            assert not at.error, (task, page, texts(at.error))
+            assert "make run" not in texts(at.info), (task, page)
+        overview = open_page("overview", task)
+        champions = [m.value for m in overview.metric if m.label == "Champion"]
+        assert champions and all(v.startswith("v") for v in champions)
+        model = open_page("model", task)
+        accuracy = next(m.value for m in model.metric if m.label == "accuracy")
+        assert 0.0 <= float(accuracy) <= 1.0
+    experiments = open_page("experiments", "adult")
+    assert "Pick at least two" not in texts(experiments.info), "adult has two runs to compare"
+    assert len(experiments.multiselect(key="exp_compare").value) == 2
+
+
+@pytest.mark.slow
+def test_form_prediction_equals_the_cli(trained, at_root, tmp_path: Path) -> None:
+    at_root(trained.root)
+    at = open_page("predict", "adult")
+    record = {w.key.removeprefix("num_"): w.value for w in at.number_input if w.key.startswith("num_")}
+    record.update({w.key.removeprefix("cat_"): w.value for w in at.selectbox if w.key.startswith("cat_")})
+    at.number_input(key="num_age").set_value(47.0)
+    record["age"] = 47.0
+    at.button[0].click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert "Prediction:" in texts(at.success)
+    shown = at.dataframe[0].value.set_index("class")["probability"]
+
+    file = tmp_path / "row.csv"
+    pd.DataFrame([record]).to_csv(file, index=False)
+    cli = cli_predict(trained, "adult", file)
+    for name, p in shown.items():
+        assert cli.loc[0, f"proba_{name}"] == pytest.approx(p, abs=2e-6)
+    assert f"**{cli.loc[0, 'predicted']}**" in texts(at.success)
+
+
+@pytest.mark.slow
+def test_out_of_range_form_value_gets_a_message_and_the_page_keeps_working(trained, at_root) -> None:
+    at_root(trained.root)
+    at = open_page("predict", "adult")
+    at.number_input(key="num_age").set_value(500.0)
+    at.button[0].click().run()
+    assert not at.exception
+    assert "outside the training range" in texts(at.error) and "age" in texts(at.error)
+    assert not at.success
+    at.number_input(key="num_age").set_value(40.0)
+    at.button[0].click().run()
+    assert not at.error and "Prediction:" in texts(at.success)
+
+
+@pytest.mark.slow
+def test_csv_batch_upload_and_bad_files(trained, at_root) -> None:
+    at_root(trained.root)
+    raw = pd.read_parquet(trained.root / "data" / "raw" / "adult" / "test.parquet").head(5)
+    at = open_page("predict", "adult")
+
+    def upload(name: str, blob: bytes) -> AppTest:
+        at.file_uploader(key="predict_csv").set_value((name, blob, "text/csv"))
+        return at.run()
+
+    upload("good.csv", raw.to_csv(index=False).encode())  # with the target column, which is ignored
+    assert not at.exception and not at.error, texts(at.error)
+    assert "5 row(s) predicted" in texts(at.success)
+    assert at.get("download_button"), "the result can be downloaded"
+    result = at.dataframe[-1].value
+    assert list(result.columns[-3:]) == ["predicted", "proba_<=50K", "proba_>50K"]
+
+    upload("missing.csv", raw.drop(columns=["age"]).to_csv(index=False).encode())
+    assert "missing column(s) ['age']" in texts(at.error)
+    upload("extra.csv", raw.assign(shoe_size=42).to_csv(index=False).encode())
+    assert "unexpected column(s) ['shoe_size']" in texts(at.error)
+    upload("notcsv.csv", b"\x89PNG\r\n\x1a\n\x00\x00garbage\xff\xfe")
+    assert at.error and not at.exception
+    upload("text.csv", raw.assign(age="old").to_csv(index=False).encode())
+    assert "not a number" in texts(at.error)
+    upload("huge.csv", b"a" * (21 * 1024 * 1024))
+    assert "limit" in texts(at.error)
+    upload("range.csv", raw.assign(age=[30, 40, 500, 50, 60]).to_csv(index=False).encode())
+    assert "1 row(s) hold values outside the training range" in texts(at.warning)
+    assert not at.error and "5 row(s) predicted" in texts(at.success)
+
+
+@pytest.mark.slow
+def test_uploaded_image_gets_the_cli_prediction_and_bad_images_get_messages(trained, at_root) -> None:
+    at_root(trained.root)
+    image = min((trained.root / "data" / "raw" / "mnist").rglob("*.png"))
+    at = open_page("predict", "mnist")
+
+    def upload(name: str, blob: bytes) -> AppTest:
+        at.file_uploader(key="predict_image").set_value((name, blob, "image/png"))
+        return at.run()
+
+    upload(image.name, image.read_bytes())
+    assert not at.exception and not at.error, texts(at.error)
+    cli = cli_predict(trained, "mnist", image)
+    assert f"Prediction: **{cli.loc[0, 'predicted']}**" in texts(at.success)
+    assert len(at.get("imgs")) >= 1  # the picture and its Grad-CAM overlay
+
+    for name, blob in (("notes.png", b"these are not pixels"), ("cut.png", image.read_bytes()[:60])):
+        upload(name, blob)
+        assert "not a readable PNG or JPEG" in texts(at.error) and not at.exception
+    upload("big.png", b"\x89PNG" + b"\0" * (6 * 1024 * 1024))
+    assert "limit" in texts(at.error)
+    upload(image.name, image.read_bytes())
+    assert not at.error and "Prediction:" in texts(at.success)
+
+
+@pytest.mark.slow
+def test_local_shap_adds_up_to_the_served_models_log_odds(trained, at_root) -> None:
+    """The explanation is of the model that predicts: SHAP values + expected value = the ONNX model's
+    log-odds for the same row (torch weights and ONNX graph of one registered version)."""
+    at_root(trained.root)
+    from dashboards import data, explanations
+
+    model = data.served("adult")
+    assert model is not None and model.version is not None
+    records, _ = data.raw_test("adult")
+    row = records.iloc[[7]]
+    shap = explanations.local_shap(model, row)
+    p = model.predictor.proba_records(row)[0]
+    assert shap.values.sum() + shap.expected == pytest.approx(shap.output, abs=1e-3)
+    assert shap.output == pytest.approx(np.log(p[1] / p[0]), abs=1e-3)
+    at = open_page("explain", "adult")
+    at.number_input(key="explain_row").set_value(7).run()
+    assert not at.exception and "Actual" in texts(at.markdown)
