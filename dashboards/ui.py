@@ -14,6 +14,7 @@ from dashboards import data
 from torchcycle.evaluation.plots import MATRIX_CMAP, PALETTE
 
 TASK_KEY = "task"
+CHOSEN_KEY = "_task_chosen"  # survives pages that do not draw the picker
 RUN_HINT = "Run `make run` (the whole pipeline: train, evaluate, explain, export, register) first."
 
 
@@ -25,16 +26,21 @@ def task_picker() -> str | None:
     wanted = st.query_params.get(TASK_KEY)  # links such as /predict?task=mnist open on that task
     if wanted in names and st.session_state.get("_task_from_link") != wanted:
         st.session_state[TASK_KEY] = st.session_state["_task_from_link"] = wanted
-    if st.session_state.get(TASK_KEY) not in names:
-        st.session_state[TASK_KEY] = names[0]
-    return st.sidebar.selectbox("Task", names, key=TASK_KEY,
-                                format_func=lambda t: f"{t} ({data.tasks()[t]})")
+    if st.session_state.get(TASK_KEY) not in names:  # the widget's state is gone: restore the last choice
+        st.session_state[TASK_KEY] = st.session_state.get(CHOSEN_KEY) if st.session_state.get(CHOSEN_KEY) in names \
+            else names[0]
+    chosen = st.sidebar.selectbox("Task", names, key=TASK_KEY, format_func=lambda t: f"{t} ({data.tasks()[t]})")
+    st.session_state[CHOSEN_KEY] = chosen
+    return chosen
 
 
 def task() -> str:
     """The task chosen in the sidebar (the first task when the page runs on its own)."""
     chosen = st.session_state.get(TASK_KEY)
-    return chosen if chosen in data.tasks() else task_picker()
+    if chosen in data.tasks():
+        st.session_state[CHOSEN_KEY] = chosen
+        return chosen
+    return task_picker()
 
 
 def nothing_yet(what: str) -> None:

@@ -150,7 +150,8 @@ def test_uploaded_image_gets_the_cli_prediction_and_bad_images_get_messages(trai
     assert not at.exception and not at.error, texts(at.error)
     cli = cli_predict(trained, "mnist", image)
     assert f"Prediction: **{cli.loc[0, 'predicted']}**" in texts(at.success)
-    assert len(at.get("imgs")) >= 1  # the picture and its Grad-CAM overlay
+    captions = [c for img in at.get("image") for c in img.captions]
+    assert f"Grad-CAM for '{cli.loc[0, 'predicted']}'" in captions and "as the model sees it" in captions
 
     for name, blob in (("notes.png", b"these are not pixels"), ("cut.png", image.read_bytes()[:60])):
         upload(name, blob)
