@@ -47,7 +47,7 @@ mlflow: venv ## MLflow UI on the project's store, on 127.0.0.1
 
 dashboard: venv ## the Streamlit dashboard on 127.0.0.1:$(DASHBOARD_PORT)
 	$(BIN)/streamlit run dashboards/app.py --server.headless true --server.address $(HOST) \
-		--server.port $(DASHBOARD_PORT) --browser.gatherUsageStats false
+		--server.port $(DASHBOARD_PORT) --browser.gatherUsageStats false --client.toolbarMode minimal
 
 browser: ## Debian's chromium for the real-browser dashboard test (installed only when missing)
 	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

@@ -34,7 +34,7 @@ def render(page: str, task: str) -> float:
     at.run()
     at.session_state["task"] = task
     start = time.perf_counter()
-    at.switch_page(f"pages/{page}.py").run()
+    at.switch_page(f"views/{page}.py").run()
     seconds = time.perf_counter() - start
     if at.exception:
         raise RuntimeError(f"{page}@{task}: {at.exception[0].value}")

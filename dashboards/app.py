@@ -30,7 +30,7 @@ PAGES = [
 ]
 
 st.set_page_config(page_title="torchcycle", page_icon=":material/cycle:", layout="wide")
-page = st.navigation([st.Page(HERE / "pages" / f, title=t, icon=i, url_path=t.lower(), default=n == 0)
+page = st.navigation([st.Page(HERE / "views" / f, title=t, icon=i, url_path=t.lower(), default=n == 0)
                       for n, (f, t, i) in enumerate(PAGES)])
 st.sidebar.markdown("**torchcycle**")
 ui.task_picker()

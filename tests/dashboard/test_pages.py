@@ -23,7 +23,7 @@ def open_page(page: str, task: str) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=180)
     at.run()
     at.session_state["task"] = task
-    at.switch_page(f"pages/{page}.py").run()
+    at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == TITLES[page]
     return at
