@@ -78,6 +78,65 @@ def evaluate(task: str, params: Path = ParamsOption) -> None:
                f"f1_macro {m['f1_macro']:.4f}  log_loss {m['log_loss']:.4f}")
 
 
+@app.command()
+def explain(task: str, params: Path = ParamsOption) -> None:
+    """SHAP (tabular) or Grad-CAM (image) explanations of the test split; write reports/<task>/explain/."""
+    s = _stage("explain", task, params)
+    extra = f"additivity error {s['additivity_error']:.1e}" if s["kind"] == "tabular" else f"layer {s['layer']}"
+    typer.echo(f"explain@{task}: {s['method']} on {s.get('rows', s.get('images'))} test inputs in "
+               f"{s['seconds']:.2f} s; {extra}")
+
+
+@app.command()
+def export(task: str, params: Path = ParamsOption) -> None:
+    """ONNX export with a parity check on the test split and a runtime benchmark; write exports/<task>/."""
+    r = _stage("export", task, params)
+    b1 = r["benchmark"]["batch1"]
+    typer.echo(f"export@{task}: parity max |Δp| {r['parity']['max_abs_diff']:.1e}; batch-1 latency torch "
+               f"{b1['torch_ms']:.3f} ms vs onnxruntime {b1['onnxruntime_ms']:.3f} ms ({b1['speedup']:.1f}x)")
+
+
+@app.command()
+def register(task: str, params: Path = ParamsOption) -> None:
+    """Register the exported model in the MLflow registry; move `champion` only on a clear improvement."""
+    r = _stage("register", task, params)
+    d = r["decision"]
+    typer.echo(f"register@{task}: {r['registered_model']} version {r['version']} (challenger); "
+               f"{'promoted to champion' if d['promoted'] else 'champion stays version ' + str(r['aliases']['champion'])}"
+               f" — {d['reason']}")
+
+
+@app.command()
+def predict(
+    task: str = typer.Option(..., "--task", "-t", help="task whose registered model to use"),
+    input: Path = typer.Option(..., "--input", "-i", help="records (.csv/.parquet/.json) or an image file/folder"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="write predictions as CSV instead of printing"),
+    alias: str = typer.Option("champion", help="registry alias to load"),
+    params: Path = ParamsOption,
+) -> None:
+    """Predict with the registry's champion of torchcycle-<task>: class and probability per input."""
+    from torchcycle.config import load_params
+
+    def go() -> tuple[Any, dict]:
+        from torchcycle.serving import load_registered, predict_path
+        from torchcycle.tracking.mlflow_run import configure
+
+        configure(load_params(params), params.resolve().parent)
+        predictor, info = load_registered(task, alias)
+        return predict_path(predictor, input), info
+
+    table, info = _run(go)
+    if output is None:
+        typer.echo(table.to_csv(index=False, float_format="%.6f"), nl=False)
+    else:
+        from torchcycle.atomic import atomic_path
+
+        with atomic_path(output) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6f")
+        typer.echo(f"{len(table)} prediction(s) written to {output}")
+    typer.secho(f"model: {info['name']} version {info['version']} (@{info['alias']})", err=True)
+
+
 @app.command("check-params")
 def check_params(params: Path = ParamsOption) -> None:
     """Validate params.yaml and list the tasks it defines."""

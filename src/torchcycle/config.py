@@ -180,6 +180,40 @@ class ImageTask(Strict):
 TaskConfig = Annotated[Union[TabularTask, ImageTask], Field(discriminator="kind")]
 
 
+# --------------------------------------------------------------------------- explain, export, register
+class ExplainConfig(Strict):
+    """explain@<task>: SHAP for tabular tasks, Grad-CAM for image tasks."""
+
+    shap_method: Literal["deep", "gradient"] = Field(
+        "deep", description="deep: DeepExplainer (exact additivity for ReLU MLPs); gradient: GradientExplainer"
+    )
+    background_rows: int = Field(100, ge=1, description="training rows SHAP compares against")
+    max_rows: int = Field(1000, ge=1, description="test rows explained and written to shap_values.parquet")
+    local_examples: int = Field(6, ge=0, description="rows with a waterfall plot, half of them misclassified")
+    gradcam_layer: str | None = Field(None, description="layer name for Grad-CAM; default: the last Conv2d")
+    cam_method: Literal["gradcam", "hirescam"] = Field(
+        "gradcam", description="hirescam: element-wise gradient x activation, marks only what the output reads"
+    )
+    examples_per_class: int = Field(2, ge=0, description="correct and misclassified test images per class")
+
+
+class ExportConfig(Strict):
+    """export@<task>: ONNX with a parity check on the whole test split and a runtime benchmark."""
+
+    parity_tolerance: float = Field(1e-4, gt=0, description="max |probability difference| torch vs ONNX Runtime")
+    opset: int | None = Field(None, ge=17, description="ONNX opset; default: the exporter's")
+    ort_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads (1 is fastest at batch 1 here)")
+    benchmark_repeats: int = Field(200, ge=10, description="batch-1 timing calls (batch-256 gets a tenth)")
+    min_speedup: float = Field(3.0, ge=0, description="ORT batch-1 latency floor vs eager torch; 0: report only")
+
+
+class RegistryConfig(Strict):
+    """register@<task>: a new registry version per run; champion moves only on a clear improvement."""
+
+    metric: Literal["roc_auc", "accuracy", "balanced_accuracy", "f1_macro", "log_loss"] = "roc_auc"
+    margin: float = Field(0.001, ge=0, description="the challenger must beat the champion by at least this")
+
+
 class TrackingConfig(Strict):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db"
@@ -192,6 +226,9 @@ class Params(Strict):
     seed: int = 42
     tasks: list[str] = Field(min_length=1)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     task_configs: dict[str, TaskConfig] = Field(default_factory=dict)
 
     def task(self, name: str) -> TabularTask | ImageTask:
@@ -207,6 +244,7 @@ class Params(Strict):
 
 # --------------------------------------------------------------------------- loading
 _TOP_LEVEL = {"seed", "tasks", "tracking"}
+_TOP_LEVEL |= {"explain", "export", "registry"}  # sections of the explain/export/register stages
 TASK_SECTIONS = ("source", "split", "preprocess", "model", "train")
 
 

@@ -77,5 +77,29 @@ class TaskPaths:
     def schema(self) -> Path:
         return self.processed / "schema.json"
 
+    @property
+    def explain(self) -> Path:
+        """SHAP or Grad-CAM outputs of the explain stage (tables, arrays, figures)."""
+        return self.reports / "explain"
+
+    @property
+    def exported(self) -> Path:
+        """The export stage's ONNX model (preprocessing state inside its metadata)."""
+        return self.root / "exports" / self.task
+
+    @property
+    def onnx_model(self) -> Path:
+        return self.exported / "model.onnx"
+
+    @property
+    def export_report(self) -> Path:
+        """Parity and runtime benchmark of the ONNX model."""
+        return self.reports / "export.json"
+
+    @property
+    def registry_report(self) -> Path:
+        """The register stage's decision: version, both scores, rule, outcome."""
+        return self.reports / "registry.json"
+
     def split(self, name: str) -> Path:
         return self.processed / f"{name}.npz"

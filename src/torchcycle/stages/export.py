@@ -1,0 +1,110 @@
+"""export@<task>: ONNX model (probabilities out, preprocessing state in its metadata), a parity check on
+the whole test split, and a runtime benchmark; fails (keeping the last good export) when parity or the
+latency floor is not met."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from torchcycle.atomic import atomic_dir, read_json, write_json
+from torchcycle.config import Params, TabularTask
+from torchcycle.errors import TorchcycleError
+from torchcycle.export import onnx as X
+from torchcycle.paths import TaskPaths
+from torchcycle.stages.common import load_model, load_split
+from torchcycle.stages.raw_split import image_files, raw_records
+
+
+def run(params: Params, task: str, root: Path) -> dict:
+    import mlflow
+    import onnxruntime
+    import torch
+
+    from torchcycle.serving import Predictor
+    from torchcycle.tracking import mlflow_run
+
+    cfg, ex = params.task(task), params.export
+    paths = TaskPaths(task, root)
+    model, config = load_model(paths.models)
+    state = read_json(paths.preprocessor)
+    kind = "tabular" if isinstance(cfg, TabularTask) else "image"
+    test = load_split(paths, "test")
+    blob = X.export_onnx(model, test.inputs, kind, X.metadata_for(kind, state, config["classes"]), ex.opset)
+    session = X.ort_session(blob, ex.ort_threads)
+
+    reference = X.torch_proba(model, test.inputs)
+    tensor_parity = X.parity(reference, X.run_session(session, tuple(t.numpy() for t in test.inputs)),
+                             ex.parity_tolerance)
+    # the full consumer path: raw records / image files -> shared preprocessing -> ONNX Runtime
+    predictor = Predictor(blob, ex.ort_threads)
+    if kind == "tabular":
+        records, _ = raw_records(paths, "test")
+        raw_proba = predictor.proba_records(records)
+    else:
+        files, _ = image_files(paths, "test")
+        raw_proba = predictor.proba_pixels(predictor.load_images(files))
+    raw_parity = X.parity(reference, raw_proba, ex.parity_tolerance)
+    bench = X.benchmark(model, session, test.inputs, repeats=ex.benchmark_repeats)
+    speedup = bench["batch1"]["speedup"]
+    report = {
+        "task": task,
+        "onnx_bytes": len(blob),
+        "opset": _opset(blob),
+        "inputs": X.input_names(kind),
+        "parity": tensor_parity,
+        "parity_from_raw_input": raw_parity,
+        "benchmark": bench,
+        "min_speedup": ex.min_speedup,
+        "machine": machine(),
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "ort_threads": ex.ort_threads},
+    }
+    problems = []
+    for label, p in (("torch vs ONNX Runtime", tensor_parity), ("raw input through ONNX Runtime", raw_parity)):
+        if not p["passed"]:
+            problems.append(f"{label}: max |Δprobability| {p['max_abs_diff']:.2e} (tolerance {p['tolerance']:g}), "
+                            f"{p['class_mismatches']} different predicted class(es)")
+    if ex.min_speedup and speedup < ex.min_speedup:
+        problems.append(f"ONNX Runtime batch-1 latency is only {speedup:.2f}x lower than eager torch "
+                        f"(floor {ex.min_speedup:g}x)")
+    if problems:
+        raise TorchcycleError(f"export@{task} failed; the previous export is kept.\n  - " + "\n  - ".join(problems))
+
+    with atomic_dir(paths.exported) as tmp:
+        (tmp / "model.onnx").write_bytes(blob)
+    write_json(paths.export_report, report)
+    with mlflow_run.reopen_run(params, paths, root):
+        mlflow.log_metrics({
+            "onnx_parity_max_abs_diff": tensor_parity["max_abs_diff"],
+            "onnx_raw_parity_max_abs_diff": raw_parity["max_abs_diff"],
+            "onnx_batch1_speedup": speedup,
+            "onnx_batch1_ms": bench["batch1"]["onnxruntime_ms"],
+            "torch_batch1_ms": bench["batch1"]["torch_ms"],
+            "onnx_batch256_rows_per_s": bench["batch256"]["onnxruntime_rows_per_s"],
+            "torch_batch256_rows_per_s": bench["batch256"]["torch_rows_per_s"],
+        })  # fmt: skip
+        mlflow.log_artifact(str(paths.export_report), artifact_path="export")
+    return report
+
+
+def _opset(blob: bytes) -> int:
+    import onnx
+
+    proto = onnx.load_from_string(blob)
+    return int(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0))
+
+
+def machine() -> dict:
+    """What the timings were measured on."""
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "system": platform.system()}
+

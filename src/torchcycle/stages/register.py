@@ -1,0 +1,147 @@
+"""register@<task>: log the exported ONNX model (mlflow.onnx) and the torch state_dict to the training
+run, register a new version of torchcycle-<task>, point `challenger` at it and move `champion` only on a
+clear improvement (registry.py). The decision goes to version tags and reports/<task>/registry.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from torchcycle.atomic import read_json, write_json
+from torchcycle.config import Params, TabularTask
+from torchcycle.errors import TorchcycleError
+from torchcycle.paths import TaskPaths
+from torchcycle.stages.raw_split import fingerprint, image_files, raw_records
+
+
+def test_inputs(paths: TaskPaths, tabular: bool) -> tuple[pd.DataFrame | list[Path], np.ndarray]:
+    """The raw test split every version is scored on (raw, so each version applies its own state)."""
+    return raw_records(paths, "test") if tabular else image_files(paths, "test")
+
+
+def score(predictor: Any, inputs: pd.DataFrame | list[Path], y: np.ndarray, classes: list[str],
+          metric: str) -> float | None:
+    """The metric of a Predictor on raw inputs; None when it is undefined (e.g. one class only) or the
+    model predicts a different set of classes than the split has."""
+    from torchcycle.evaluation.metrics import classification_metrics
+
+    if list(predictor.classes) != list(classes):
+        return None
+    if isinstance(inputs, pd.DataFrame):
+        proba = predictor.proba_records(inputs)
+    else:
+        proba = predictor.proba_pixels(predictor.load_images(inputs))
+    value = classification_metrics(y, proba, classes).get(metric)
+    return None if value is None else float(value)
+
+
+def score_registered(model_uri: str, inputs: pd.DataFrame | list[Path], y: np.ndarray, classes: list[str],
+                     metric: str) -> float | None:
+    """Download a registered version (its ONNX file only, nothing unpickled) and score it."""
+    import mlflow
+
+    from torchcycle.serving import Predictor
+
+    directory = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+    return score(Predictor.from_dir(directory), inputs, y, classes, metric)
+
+
+def run(params: Params, task: str, root: Path) -> dict:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from torchcycle import registry
+    from torchcycle.serving import Predictor, registered_name
+    from torchcycle.tracking import mlflow_run
+
+    cfg, rc = params.task(task), params.registry
+    paths = TaskPaths(task, root)
+    if not paths.onnx_model.exists():
+        raise TorchcycleError(f"{paths.onnx_model} not found. Run `dvc repro export@{task}` first.")
+    config = read_json(paths.model_config)
+    classes = config["classes"]
+    inputs, y = test_inputs(paths, isinstance(cfg, TabularTask))
+    split_id = fingerprint(inputs, y)
+    predictor = Predictor(paths.onnx_model)
+    challenger_score = score(predictor, inputs, y, classes, rc.metric)
+    name = registered_name(task)
+
+    with mlflow_run.reopen_run(params, paths, root) as run:
+        info = log_models(paths, predictor)
+        client = MlflowClient()
+        version, decision = registry.register_and_decide(
+            client, name, info.model_uri, run.info.run_id, rc.metric, rc.margin, challenger_score, split_id,
+            rescore=lambda uri: score_registered(uri, inputs, y, classes, rc.metric),
+            model_id=getattr(info, "model_id", None),
+            tags={"task": task, "git_commit": mlflow_run.git_commit(root)["git_commit"]},
+        )
+        champion = registry.current_alias(client, name, registry.CHAMPION)
+        report = {
+            "registered_model": name,
+            "version": str(version.version),
+            "run_id": run.info.run_id,
+            "model_uri": f"models:/{name}/{version.version}",
+            "test_split": split_id,
+            "decision": decision.as_dict(),
+            "aliases": {registry.CHALLENGER: str(version.version),
+                        registry.CHAMPION: None if champion is None else str(champion.version)},
+        }  # fmt: skip
+        write_json(paths.registry_report, report)
+        mlflow.log_artifact(str(paths.registry_report), artifact_path="registry")
+        mlflow.set_tags({"registry.version": str(version.version), "registry.promoted": str(decision.promoted).lower()})
+    return report
+
+
+def log_models(paths: TaskPaths, predictor: Any) -> Any:
+    """mlflow.onnx model (signature, small input example, pinned requirements: no slow inference of
+    requirements) plus the torch state_dict as plain artifacts with the same documentation."""
+    import mlflow
+    import onnx
+    import onnxruntime
+    import torch
+    from mlflow.models import infer_signature
+
+    example = _input_example(paths, predictor)
+    proba = predictor.session.run(None, example)[0]
+    signature = infer_signature(example, proba)
+    versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    info = mlflow.onnx.log_model(
+        onnx.load(str(paths.onnx_model)),
+        name="onnx",
+        signature=signature,
+        input_example=example,
+        pip_requirements=[f"{k}=={v}" for k, v in versions.items()],
+        onnx_execution_providers=["CPUExecutionProvider"],
+        save_as_external_data=False,
+        extra_files=[str(paths.preprocessor)],
+    )  # fmt: skip
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "torch_state_dict"
+        folder.mkdir()
+        for src in (paths.weights, paths.model_config):
+            (folder / src.name).write_bytes(src.read_bytes())
+        (folder / "signature.json").write_text(json.dumps(signature.to_dict(), indent=2))
+        (folder / "input_example.json").write_text(json.dumps({k: v.tolist() for k, v in example.items()}))
+        (folder / "requirements.txt").write_text(f"torch=={torch.__version__.split('+')[0]}\nnumpy=={np.__version__}\n")
+        (folder / "README.txt").write_text(
+            "state_dict of the torchcycle model. Rebuild the architecture from model_config.json with\n"
+            "torchcycle.models.factory.build_model(config['spec']) and load the weights with\n"
+            "torch.load('model.pt', weights_only=True). Inputs: see signature.json; the inputs are the\n"
+            "outputs of torchcycle.data.preprocess.transform_* with the preprocessing state of the ONNX model.\n"
+        )
+        mlflow.log_artifacts(str(folder), artifact_path="torch_state_dict")
+    return info
+
+
+def _input_example(paths: TaskPaths, predictor: Any) -> dict[str, np.ndarray]:
+    """Two rows of the test split, prepared as the model's inputs."""
+    with np.load(paths.split("test"), allow_pickle=False) as z:
+        if predictor.kind == "tabular":
+            return {"x_num": z["x_num"][:2], "x_cat": z["x_cat"][:2]}
+        return {"x": z["x"][:2]}
