@@ -64,10 +64,40 @@ def preprocess(task: str, params: Path = ParamsOption) -> None:
 
 @app.command()
 def train(task: str, params: Path = ParamsOption,
-          progress: bool = typer.Option(True, help="show a progress bar")) -> None:
-    """Train the task's model and track it in MLflow; write models/<task>/."""
-    out = _stage("train", task, params, progress=progress and sys.stderr.isatty())
-    typer.echo(f"train@{task}: best epoch {out['best_epoch']}, MLflow run {out['run_id']}")
+          progress: bool = typer.Option(True, help="show a progress bar"),
+          overfit_batches: int = typer.Option(
+              0, help="sanity mode: fit this many fixed batches, report whether the loss reaches ~0, write nothing"
+          )) -> None:
+    """Train the task's model and track it in MLflow; write models/<task>/.
+
+    Resumes from a checkpoint of the same params and data; under torchrun it trains with DDP."""
+    out = _stage("train", task, params, progress=progress and sys.stderr.isatty(), overfit_batches=overfit_batches)
+    if out.get("overfit"):
+        verdict = "reached ~zero loss" if out["reached_zero"] else "did NOT reach ~zero loss: look for a bug"
+        typer.echo(f"train@{task} overfit check on {out['batches']} batch(es): loss {out['first_loss']:.4f} -> "
+                   f"{out['final_loss']:.4f} in {out['epochs']} epochs; {verdict}")
+        raise typer.Exit(code=0 if out["reached_zero"] else 1)
+    if out["run_id"] is not None:  # rank 0 (or a single process) reports
+        typer.echo(f"train@{task}: best epoch {out['best_epoch']}, MLflow run {out['run_id']}")
+
+
+@app.command()
+def tune(task: str, params: Path = ParamsOption,
+         trials: int = typer.Option(None, help="number of trials; default: the task's tune.trials"),
+         output: Path = typer.Option(None, help="where to write the best params (default reports/<task>/tune/)")) -> None:
+    """Optuna search over the task's `tune.space` (params only, in memory); trials are MLflow child runs."""
+    from torchcycle.config import load_params
+    from torchcycle.tuning import search
+
+    def go() -> dict:
+        p = load_params(params)
+        return search.run(p, task, params.resolve().parent, trials=trials, output=output)
+
+    out = _run(go)
+    typer.echo(f"tune@{task}: best {out['metric']} {out['best_value']:.5f} after {out['trials']} trials "
+               f"(MLflow parent run {out['parent_run_id']}); best params written to {out['output']}")
+    for key, value in out["best_params"].items():
+        typer.echo(f"  {key}: {value}")
 
 
 @app.command()

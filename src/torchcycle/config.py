@@ -117,6 +117,7 @@ class CNNConfig(Strict):
     dropout: float = Field(0.25, ge=0, lt=1)
     batch_norm: bool = True
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    residual: bool = Field(False, description="add a residual block (two convs + skip) after each conv stage")
 
 
 TabularModel = Annotated[Union[MLPConfig], Field(discriminator="name")]
@@ -130,19 +131,96 @@ class EarlyStopping(Strict):
     min_delta: float = 0.0
 
 
+class Augment(Strict):
+    """Random affine jitter of image batches (plain torch ops): a little shift and rotation."""
+
+    enabled: bool = False
+    max_shift: float = Field(0.1, ge=0, lt=0.5, description="largest shift as a fraction of the image size")
+    max_rotation: float = Field(10.0, ge=0, le=45, description="largest rotation in degrees")
+
+
+class Checkpointing(Strict):
+    """Resumable training: state is saved outside the DVC outputs and picked up by the next run
+    with the same params and data."""
+
+    enabled: bool = True
+    dir: str = Field(".checkpoints", description="relative to the project root; one subfolder per task")
+    every_steps: int = Field(0, ge=0, description="also save every N optimiser steps; 0: at epoch ends only")
+
+
+class Inspection(Strict):
+    every_epochs: int = Field(0, ge=0, description="per-layer activation/gradient statistics every N epochs; 0: off")
+
+
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["none", "cosine", "step"] = "cosine"
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd)")
+    scheduler: Literal["none", "cosine", "step", "onecycle", "plateau"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up before the cosine decay (per step)")
     step_size: int = Field(5, ge=1, description="epochs between decays for the step schedule")
-    gamma: float = Field(0.1, gt=0, le=1)
+    gamma: float = Field(0.1, gt=0, le=1, description="decay factor of the step and plateau schedules")
+    plateau_patience: int = Field(2, ge=0, description="epochs without improvement before plateau decays")
+    onecycle_pct_start: float = Field(0.3, gt=0, lt=1, description="share of the steps spent warming up")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this")
+    grad_accumulation: int = Field(1, ge=1, description="micro-batches per optimiser step (effective batch)")
+    mixed_precision: bool = Field(False, description="bfloat16 autocast on CPU; float16 + GradScaler on CUDA")
+    augment: Augment = Field(default_factory=Augment)
+    channels_last: bool = Field(False, description="channels-last memory format for image models")
+    compile: bool = Field(False, description="torch.compile the model (pays off only for long runs)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    distributed: Literal["auto", "off"] = Field(
+        "auto", description="auto: DistributedDataParallel when launched by torchrun (WORLD_SIZE > 1)"
+    )
+    overfit_batches: int = Field(0, ge=0, description="sanity mode: train on this many fixed batches only")
     monitor: Literal["val_loss", "val_accuracy", "val_roc_auc"] = "val_loss"
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    checkpoint: Checkpointing = Field(default_factory=Checkpointing)
+    inspect: Inspection = Field(default_factory=Inspection)
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
+
+
+# --------------------------------------------------------------------------- search
+class SearchDim(Strict):
+    """One searched param: a float/int range (optionally log-scaled) or a list of choices."""
+
+    type: Literal["float", "int", "categorical"] = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "SearchDim":
+        if self.type == "categorical" and not self.choices:
+            raise ValueError("a categorical dimension needs `choices`")
+        if self.type != "categorical" and (self.low is None or self.high is None or self.low > self.high):
+            raise ValueError("a float/int dimension needs `low` <= `high`")
+        return self
+
+
+class TuneConfig(Strict):
+    """`torchcycle tune <task>`: an Optuna search over params of the model/train sections."""
+
+    trials: int = Field(20, ge=1)
+    metric: Literal["val_loss", "val_accuracy", "val_roc_auc"] = "val_loss"
+    epochs: int | None = Field(None, ge=1, description="epochs per trial; default: train.epochs")
+    space: dict[str, SearchDim] = Field(
+        default_factory=dict, description="dotted keys inside the task, e.g. model.dropout or train.lr"
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _sections(cls, v: dict[str, SearchDim]) -> dict[str, SearchDim]:
+        bad = [k for k in v if k.split(".")[0] not in ("model", "train")]
+        if bad:
+            raise ValueError(f"search keys must start with model. or train.: {bad}")
+        return v
 
 
 # --------------------------------------------------------------------------- tasks
@@ -162,6 +240,7 @@ class TabularTask(Strict):
     preprocess: TabularPreprocess = Field(default_factory=TabularPreprocess)
     model: TabularModel = Field(default_factory=MLPConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig | None = None
 
     _model_name = field_validator("model", mode="before")(_default_model_name("mlp"))
 
@@ -173,6 +252,7 @@ class ImageTask(Strict):
     preprocess: ImagePreprocess = Field(default_factory=ImagePreprocess)
     model: ImageModel = Field(default_factory=CNNConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig | None = None
 
     _model_name = field_validator("model", mode="before")(_default_model_name("cnn"))
 

@@ -1,4 +1,5 @@
-"""The image model: conv blocks (conv, optional batch norm, activation, max-pool), then a small head."""
+"""The image model: conv blocks (conv, optional batch norm, activation, optional residual block,
+max-pool), then a small head."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class ImageCNN(nn.Module):
         dropout: float = 0.0,
         batch_norm: bool = True,
         activation_name: str = "relu",
+        residual: bool = False,
     ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
@@ -30,6 +32,8 @@ class ImageCNN(nn.Module):
             if batch_norm:
                 block.append(nn.BatchNorm2d(c_out))
             block.append(activation(activation_name))
+            if residual:
+                block.append(ResidualConvBlock(c_out, kernel_size, batch_norm, activation_name))
             if min(h, w) >= 2:
                 block.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
@@ -52,3 +56,20 @@ class ImageCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class ResidualConvBlock(nn.Module):
+    """act(x + BN(conv(act(BN(conv(x)))))): extra depth at one resolution without hurting optimisation."""
+
+    def __init__(self, channels: int, kernel_size: int, batch_norm: bool, activation_name: str) -> None:
+        super().__init__()
+
+        def conv_bn() -> list[nn.Module]:
+            conv = nn.Conv2d(channels, channels, kernel_size, padding="same", bias=not batch_norm)
+            return [conv, nn.BatchNorm2d(channels)] if batch_norm else [conv]
+
+        self.body = nn.Sequential(*conv_bn(), activation(activation_name), *conv_bn())
+        self.act = activation(activation_name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))

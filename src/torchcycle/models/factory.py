@@ -49,6 +49,7 @@ def model_spec(task_cfg, schema: dict[str, Any], train_inputs: tuple | None = No
                 "dropout": m.dropout,
                 "batch_norm": m.batch_norm,
                 "activation_name": m.activation,
+                "residual": m.residual,
             },
         }
     raise ValueError(f"unknown model '{m.name}'")

@@ -1,5 +1,10 @@
 """train@<task>: build the model from params, train it, track it in MLflow, and write models/<task>/
-(state_dict, model config, MLflow run id) and the learning curve, atomically."""
+(state_dict, model config, MLflow run id) and the learning curve, atomically.
+
+Training resumes from `<train.checkpoint.dir>/<task>/` when a checkpoint for the same params and data
+exists. Under torchrun the same command trains with DistributedDataParallel; only rank 0 talks to
+MLflow and writes files. A diverged run raises before anything is written and its MLflow run ends FAILED.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,17 @@ import torch
 
 from torchcycle.atomic import atomic_dir, read_json, write_json
 from torchcycle.config import Params
+from torchcycle.errors import TrainingError
 from torchcycle.models.factory import build_model, model_spec
 from torchcycle.paths import TaskPaths
 from torchcycle.stages.common import load_split
 from torchcycle.tracking import mlflow_run
+from torchcycle.training import distributed
+from torchcycle.training.checkpoint import Checkpointer, params_key
 from torchcycle.training.loop import fit
 from torchcycle.training.reproducibility import configure_threads, seed_everything
+
+OVERFIT_LOSS = 0.05  # "about zero" for the overfit-a-few-batches sanity mode
 
 
 class MlflowEpochLogger:
@@ -26,10 +36,31 @@ class MlflowEpochLogger:
         self.mlflow.log_metrics({k: v for k, v in logs.items() if k != "epoch" and v == v}, step=epoch)
 
 
-def run(params: Params, task: str, root: Path, progress: bool = True) -> dict:
-    import mlflow
-
+def checkpointer_for(params: Params, task: str, root: Path) -> Checkpointer | None:
     cfg = params.task(task)
+    ck = cfg.train.checkpoint
+    if not ck.enabled:
+        return None
+    paths = TaskPaths(task, root)
+    key = params_key(params.seed, cfg.model.model_dump(), cfg.train.model_dump(),
+                     [paths.split("train"), paths.split("val"), paths.schema])
+    return Checkpointer(root / ck.dir / task, key, ck.every_steps)
+
+
+def run(params: Params, task: str, root: Path, progress: bool = True, overfit_batches: int | None = None) -> dict:
+    cfg = params.task(task)
+    if overfit_batches:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"overfit_batches": overfit_batches})})
+    if cfg.train.overfit_batches:
+        return overfit_check(params, cfg, task, root, progress)
+    ctx = distributed.init_from_env(cfg.train.distributed, cfg.train.device)
+    try:
+        return _train(params, cfg, task, root, progress, ctx)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _train(params: Params, cfg, task: str, root: Path, progress: bool, ctx: distributed.DistContext) -> dict:
     paths = TaskPaths(task, root)
     seed_everything(params.seed)
     threads = configure_threads(cfg.train.num_threads)
@@ -38,18 +69,37 @@ def run(params: Params, task: str, root: Path, progress: bool = True) -> dict:
     spec = model_spec(cfg, schema, train.inputs)
     model = build_model(spec)
     n_classes = len(schema["classes"])
+    checkpointer = checkpointer_for(params, task, root)
+
+    def go(callbacks: list) -> object:
+        return fit(model, train, val, cfg.train, n_classes=n_classes, seed=params.seed, callbacks=callbacks,
+                   progress=progress, checkpointer=checkpointer, dist=ctx)
+
+    if not ctx.is_main:  # other ranks train and leave tracking and outputs to rank 0
+        result = go([])
+        return {"run_id": None, "best_epoch": result.best_epoch, "best_score": result.best_score}
+
+    import mlflow
 
     tags = {"task": task, "stage": "train", **mlflow_run.git_commit(root), **mlflow_run.data_version(task, root)}
     with mlflow_run.start_run(params, task, root, tags) as run:
-        mlflow.log_params(_flat(cfg.model_dump(), prefix=""))
+        mlflow.log_params(_flat(cfg.model_dump(exclude={"tune"}), prefix=""))
         mlflow.log_params({"seed": params.seed, "threads": threads, "train_rows": len(train), "val_rows": len(val),
-                           "n_parameters": sum(p.numel() for p in model.parameters())})
-        result = fit(model, train, val, cfg.train, n_classes=n_classes, seed=params.seed,
-                     callbacks=[MlflowEpochLogger(mlflow)], progress=progress)
+                           "n_parameters": sum(p.numel() for p in model.parameters()), "world_size": ctx.world})
+        try:
+            result = go([MlflowEpochLogger(mlflow)])
+        except TrainingError as exc:
+            mlflow.set_tag("failure", str(exc))
+            raise
+        if result.resumed_from:
+            mlflow.set_tag("resumed_from", f"epoch {result.resumed_from['epoch']} step {result.resumed_from['step']}")
+            print(f"resumed from checkpoint at epoch {result.resumed_from['epoch']}, "
+                  f"step {result.resumed_from['step']}")
         for note in result.notes:
             print(note)
         mlflow.log_metrics({"best_epoch": result.best_epoch, f"best_{result.monitor}": result.best_score})
         history = pd.DataFrame(result.history)
+        model.to("cpu")
         with atomic_dir(paths.models) as tmp:
             torch.save(model.state_dict(), tmp / "model.pt")
             write_json(tmp / "model_config.json", {
@@ -60,7 +110,29 @@ def run(params: Params, task: str, root: Path, progress: bool = True) -> dict:
         with atomic_dir(paths.training) as tmp:
             history.to_csv(tmp / "learning_curve.csv", index=False)
         mlflow.log_artifact(str(paths.training / "learning_curve.csv"), artifact_path="training")
-    return {"run_id": run.info.run_id, "best_epoch": result.best_epoch, "best_score": result.best_score}
+    if checkpointer is not None:
+        checkpointer.clear()  # the model is written; a rerun with the same params starts afresh
+    return {"run_id": run.info.run_id, "best_epoch": result.best_epoch, "best_score": result.best_score,
+            "resumed_from": result.resumed_from}  # fmt: skip
+
+
+def overfit_check(params: Params, cfg, task: str, root: Path, progress: bool) -> dict:
+    """Sanity mode: train on a few fixed batches (no shuffling, augmentation or early stopping) and
+    report whether the loss reaches about zero. A model or pipeline that cannot memorise a batch has
+    a bug. Writes nothing and tracks nothing."""
+    paths = TaskPaths(task, root)
+    seed_everything(params.seed)
+    configure_threads(cfg.train.num_threads)
+    train = load_split(paths, "train")
+    schema = read_json(paths.schema)
+    model = build_model(model_spec(cfg, schema, train.inputs))
+    tcfg = cfg.train.model_copy(update={"label_smoothing": 0.0})
+    result = fit(model, train, train.take(cfg.train.overfit_batches * cfg.train.batch_size), tcfg,
+                 n_classes=len(schema["classes"]), seed=params.seed, progress=progress)
+    first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
+    reached = last < OVERFIT_LOSS
+    return {"overfit": True, "batches": cfg.train.overfit_batches, "first_loss": first, "final_loss": last,
+            "reached_zero": reached, "epochs": len(result.history)}  # fmt: skip
 
 
 def _flat(d: dict, prefix: str) -> dict:

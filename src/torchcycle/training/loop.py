@@ -1,13 +1,17 @@
 """The training loop: in-memory mini-batches (no per-sample DataLoader overhead), an optimiser and
-schedule from params, early stopping with best-weights restore, and callbacks for tracking/progress.
+schedule from params, early stopping with best-weights restore, label smoothing, augmentation,
+gradient clipping and accumulation, mixed precision, resumable checkpoints, inspection statistics and
+DistributedDataParallel sharding, plus callbacks for tracking/progress.
 
-It knows nothing about files or MLflow: callers pass callbacks for that.
+It knows nothing about MLflow or the project layout: callers pass callbacks and a checkpointer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,6 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from torchcycle.errors import TrainingError
+from torchcycle.training.distributed import DistContext, all_reduce_sum
+
+PER_STEP_SCHEDULES = ("cosine", "onecycle")
 
 
 @dataclass
@@ -45,6 +52,9 @@ class TensorData:
     def take(self, n: int) -> "TensorData":
         return TensorData(tuple(t[:n] for t in self.inputs), self.y[:n])
 
+    def to(self, device: torch.device) -> "TensorData":
+        return TensorData(tuple(t.to(device) for t in self.inputs), self.y.to(device))
+
 
 class Callback(Protocol):
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
@@ -58,6 +68,8 @@ class FitResult:
     stopped_early: bool
     monitor: str
     notes: list[str] = field(default_factory=list)
+    resumed_from: dict[str, int] | None = None
+    inspections: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- pieces from params
@@ -77,17 +89,44 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
     raise ValueError(f"unknown optimizer {cfg.optimizer}")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Per-epoch learning-rate schedule."""
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int = 1) -> Any:
+    """The learning-rate schedule; cosine (with linear warm-up) and one-cycle advance every optimiser
+    step (see PER_STEP_SCHEDULES), step and plateau once per epoch (plateau on the monitored metric)."""
+    total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+        warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=cfg.onecycle_pct_start,
+            cycle_momentum=cfg.optimizer in ("sgd", "rmsprop") and cfg.momentum > 0,
+        )  # fmt: skip
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.scheduler == "plateau":
+        mode = "min" if cfg.monitor.endswith("loss") else "max"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=cfg.gamma, patience=cfg.plateau_patience
+        )
     return None
+
+
+def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", ctx.local_rank if ctx else 0)
+    return torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- evaluation helpers
@@ -97,9 +136,10 @@ def predict_proba(model: nn.Module, data: TensorData | tuple[torch.Tensor, ...],
     was_training = model.training
     model.eval()
     inputs = data.inputs if isinstance(data, TensorData) else data
+    device = next(model.parameters()).device
     n = inputs[0].shape[0]
     out = [
-        F.softmax(model(*(t[s : s + batch_size] for t in inputs)), dim=1)
+        F.softmax(model(*(t[s : s + batch_size].to(device) for t in inputs)).float(), dim=1).cpu()
         for s in range(0, n, batch_size)
     ]
     model.train(was_training)
@@ -139,62 +179,243 @@ def fit(
     seed: int,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
+    checkpointer: Any = None,
+    dist: DistContext | None = None,
 ) -> FitResult:
-    """Train `model` in place; on return it holds the best weights seen on the validation split."""
-    generator = torch.Generator().manual_seed(seed)
+    """Train `model` in place; on return it holds the best weights seen on the validation split.
+
+    With a `checkpointer` the full state is saved at every epoch end (and every
+    `checkpointer.every_steps` optimiser steps) and a matching checkpoint is resumed, so an
+    interrupted run ends with exactly the weights of an uninterrupted one. Under torchrun (`dist`)
+    every rank sees the same shuffled global batch and trains on its slice of it; losses are scaled
+    so the averaged gradient equals the single-process one.
+    """
+    ctx = dist or DistContext()
+    device = resolve_device(cfg.device, ctx)
+    model.to(device)
+    is_image = train.inputs[0].ndim == 4
+    if cfg.channels_last and is_image:
+        model.to(memory_format=torch.channels_last)
+    data = train.take(cfg.overfit_batches * cfg.batch_size) if cfg.overfit_batches else train
+    data = data.to(device)
+    accum = cfg.grad_accumulation
+    steps = math.ceil(len(data) / cfg.batch_size)
+    opt_steps_per_epoch = math.ceil(steps / accum)
     optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg)
+    scheduler = make_scheduler(optimizer, cfg, opt_steps_per_epoch)
+    use_amp = cfg.mixed_precision
+    scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    shuffle_gen = torch.Generator().manual_seed(seed)
+    augment_gen = torch.Generator().manual_seed(seed + 1)
+    augment = cfg.augment.enabled and is_image and not cfg.overfit_batches
+    shuffle = not cfg.overfit_batches
+
     monitor = cfg.monitor
     sign = -1.0 if monitor.endswith("loss") else 1.0  # maximise sign * value
-    best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
-    stale, history, notes, stopped = 0, [], [], False
-    steps = math.ceil(len(train) / cfg.batch_size)
+    s = _State(best_state=copy.deepcopy(model.state_dict()))
+    resumed = None
+    saved = checkpointer.load() if checkpointer is not None else None
+    if saved is not None:
+        s = _restore(saved, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen)
+        resumed = {"epoch": s.epoch, "step": s.step}
 
-    bar = _Progress(cfg.epochs, steps, enabled=progress)
+    train_model: nn.Module = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    def save(next_epoch: int, next_step: int, order: torch.Tensor | None) -> None:
+        if checkpointer is not None and ctx.is_main:
+            s.epoch, s.step = next_epoch, next_step
+            checkpointer.save(_snapshot(s, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen, order))
+
+    bar = _Progress(cfg.epochs, steps, enabled=progress and ctx.is_main)
     with bar:
-        for epoch in range(1, cfg.epochs + 1):
+        if resumed is not None:
+            bar.note(f"resumed from checkpoint: epoch {s.epoch}, step {s.step}")
+        while s.epoch <= cfg.epochs and not s.stopped:
+            epoch = s.epoch
             model.train()
-            total, count = 0.0, 0
-            for step, (inputs, y) in enumerate(train.batches(cfg.batch_size, generator)):
-                optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(*inputs), y)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"training diverged: the loss became {loss.item()} at epoch {epoch}, batch {step}. "
-                        f"Lower the learning rate (train.lr is {cfg.lr:g}) or check the inputs for extreme values."
+            if s.step == 0:
+                s.order = torch.randperm(len(data), generator=shuffle_gen) if shuffle else torch.arange(len(data))
+                s.total, s.count, s.seconds = 0.0, 0, 0.0
+            order = s.order.to(device)
+            bar.start_epoch(epoch, s.step)
+            grads: dict[str, float] = {}
+            inspect_now = cfg.inspect.every_epochs > 0 and epoch % cfg.inspect.every_epochs == 0
+            t0 = time.perf_counter()
+            for step in range(s.step, steps):
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                local = idx.tensor_split(ctx.world)[ctx.rank] if ctx.enabled else idx
+                inputs = tuple(t[local] for t in data.inputs)
+                y = data.y[local]
+                if augment:
+                    mx = inputs[0]
+                    inputs = (random_affine_on(mx, augment_gen, cfg.augment), *inputs[1:])
+                if cfg.channels_last and is_image:
+                    inputs = (inputs[0].contiguous(memory_format=torch.channels_last), *inputs[1:])
+                boundary = (step + 1) % accum == 0 or step == steps - 1
+                sync = train_model.no_sync() if ctx.enabled and not boundary else contextlib.nullcontext()
+                with sync:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        logits = train_model(*inputs)
+                    loss_sum = F.cross_entropy(
+                        logits.float(), y, reduction="sum", label_smoothing=cfg.label_smoothing
                     )
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * y.shape[0]
-                count += y.shape[0]
-                bar.step(total / count)
+                    loss_value = loss_sum.item()
+                    if not math.isfinite(loss_value):
+                        raise TrainingError(
+                            f"training diverged: the loss became {loss_value} at epoch {epoch}, batch {step}. "
+                            f"Lower the learning rate (train.lr is {cfg.lr:g}) or check the inputs for "
+                            "extreme values."
+                        )
+                    loss = loss_sum * (ctx.world / max(1, len(idx)) / accum)
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                s.total += loss_value
+                s.count += int(y.shape[0])
+                if boundary:
+                    if cfg.grad_clip_norm:
+                        if scaler is not None:
+                            scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    if inspect_now and step == steps - 1:
+                        from torchcycle.training.inspection import gradient_stats
+
+                        grads = gradient_stats(model)
+                    optimizer.zero_grad(set_to_none=True)
+                    s.opt_step += 1
+                    if scheduler is not None and cfg.scheduler in PER_STEP_SCHEDULES:
+                        scheduler.step()
+                    every = getattr(checkpointer, "every_steps", 0)
+                    if every and s.opt_step % every == 0 and step < steps - 1:
+                        s.seconds += time.perf_counter() - t0
+                        save(epoch, step + 1, s.order)
+                        s.step = 0
+                        t0 = time.perf_counter()
+                bar.step(s.total / max(s.count, 1))
+            s.seconds += time.perf_counter() - t0
+            total, count = all_reduce_sum([s.total, float(s.count)], ctx, device)
             lr = optimizer.param_groups[0]["lr"]
-            if scheduler is not None:
-                scheduler.step()
-            logs = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": lr}
+            logs: dict[str, float] = {"epoch": epoch, "train_loss": total / max(count, 1.0), "lr": lr,
+                                      "train_seconds": s.seconds}  # fmt: skip
             logs.update(validation_logs(model, val, n_classes))
-            history.append(logs)
-            for cb in callbacks:
-                cb.on_epoch_end(epoch, logs)
+            if scheduler is not None and cfg.scheduler == "step":
+                scheduler.step()
+            elif scheduler is not None and cfg.scheduler == "plateau":
+                scheduler.step(logs[monitor])
+            s.history.append(logs)
+            extra: dict[str, float] = {}
+            if inspect_now:
+                from torchcycle.training.inspection import activation_stats
+
+                extra = {**activation_stats(model, tuple(t[:256] for t in val.inputs)), **grads}
+                s.inspections[epoch] = extra
+            if ctx.is_main:
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, {**logs, **extra})
             score = sign * logs[monitor]
             if math.isnan(score):
                 score = -math.inf
-            improved = score > best_score + cfg.early_stopping.min_delta
-            if improved or best_epoch == 0:
-                best_score, best_epoch, stale = score, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+            if score > s.best_score + cfg.early_stopping.min_delta or s.best_epoch == 0:
+                s.best_score, s.best_epoch, s.stale = score, epoch, 0
+                s.best_state = copy.deepcopy(model.state_dict())
             else:
-                stale += 1
+                s.stale += 1
             bar.epoch_done(epoch, logs, monitor)
-            if cfg.early_stopping.enabled and stale >= cfg.early_stopping.patience:
-                stopped = True
-                notes.append(
-                    f"early stopping at epoch {epoch}: {monitor} did not improve for {stale} epochs; "
-                    f"restored the weights of epoch {best_epoch}"
+            if cfg.early_stopping.enabled and not cfg.overfit_batches and s.stale >= cfg.early_stopping.patience:
+                s.stopped = True
+                s.notes.append(
+                    f"early stopping at epoch {epoch}: {monitor} did not improve for {s.stale} epochs; "
+                    f"restored the weights of epoch {s.best_epoch}"
                 )
-                break
-    model.load_state_dict(best_state)
-    return FitResult(history, best_epoch, sign * best_score, stopped, monitor, notes)
+                bar.note(s.notes[-1])
+            s.epoch, s.step = epoch + 1, 0
+            save(epoch + 1, 0, None)
+    if not cfg.overfit_batches:
+        model.load_state_dict(s.best_state)
+    return FitResult(s.history, s.best_epoch, sign * s.best_score, s.stopped, monitor, s.notes, resumed, s.inspections)
+
+
+def random_affine_on(x: torch.Tensor, generator: torch.Generator, aug) -> torch.Tensor:
+    from torchcycle.training.augment import random_affine
+
+    return random_affine(x, generator, aug.max_shift, aug.max_rotation)
+
+
+# --------------------------------------------------------------------------- resumable state
+@dataclass
+class _State:
+    """Everything that, with the model/optimiser/scheduler/RNG states, determines the rest of a run."""
+
+    best_state: dict[str, torch.Tensor]
+    epoch: int = 1
+    step: int = 0
+    opt_step: int = 0
+    total: float = 0.0
+    count: int = 0
+    seconds: float = 0.0
+    order: torch.Tensor | None = None
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    stale: int = 0
+    stopped: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    inspections: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+def _snapshot(s: _State, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen, order) -> dict:
+    rng = {"torch": torch.get_rng_state(), "shuffle": shuffle_gen.get_state(), "augment": augment_gen.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "position": {"epoch": s.epoch, "step": s.step, "opt_step": s.opt_step},
+        "running": {"total": s.total, "count": s.count, "seconds": s.seconds},
+        "order": order.cpu() if order is not None else None,
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng,
+        "early_stopping": {"best_score": s.best_score, "best_epoch": s.best_epoch, "stale": s.stale,
+                           "stopped": s.stopped, "best_state": s.best_state},  # fmt: skip
+        "history": s.history,
+        "notes": s.notes,
+        "inspections": s.inspections,
+    }
+
+
+def _restore(saved: dict, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen) -> _State:
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None and saved["scheduler"] is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    if scaler is not None and saved["scaler"] is not None:
+        scaler.load_state_dict(saved["scaler"])
+    rng = saved["rng"]
+    torch.set_rng_state(rng["torch"])
+    shuffle_gen.set_state(rng["shuffle"])
+    augment_gen.set_state(rng["augment"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    pos, run, es = saved["position"], saved["running"], saved["early_stopping"]
+    device = next(model.parameters()).device
+    return _State(
+        best_state={k: v.to(device) for k, v in es["best_state"].items()},
+        epoch=pos["epoch"], step=pos["step"], opt_step=pos["opt_step"],
+        total=run["total"], count=run["count"], seconds=run["seconds"], order=saved["order"],
+        best_score=es["best_score"], best_epoch=es["best_epoch"], stale=es["stale"], stopped=es["stopped"],
+        history=list(saved["history"]), notes=list(saved["notes"]), inspections=dict(saved["inspections"]),
+    )  # fmt: skip
 
 
 class _Progress:
@@ -216,9 +437,17 @@ class _Progress:
             self._task = self._progress.add_task("train", total=self.steps, epoch=1, epochs=self.epochs, info="")
         return self
 
+    def start_epoch(self, epoch: int, done: int) -> None:
+        if self._progress is not None:
+            self._progress.reset(self._task, total=self.steps, completed=done, epoch=epoch, info="")
+
     def step(self, loss: float) -> None:
         if self._progress is not None:
             self._progress.update(self._task, advance=1, info=f"loss {loss:.4f}")
+
+    def note(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(f"[bold]{message}")
 
     def epoch_done(self, epoch: int, logs: dict[str, float], monitor: str) -> None:
         if self._progress is not None:
@@ -226,8 +455,6 @@ class _Progress:
                 f"epoch {epoch:>3}  train_loss {logs['train_loss']:.4f}  val_loss {logs['val_loss']:.4f}  "
                 f"val_accuracy {logs['val_accuracy']:.4f}  {monitor} {logs[monitor]:.4f}  lr {logs['lr']:.2e}"
             )
-            if epoch < self.epochs:
-                self._progress.reset(self._task, total=self.steps, epoch=epoch + 1, info="")
 
     def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:

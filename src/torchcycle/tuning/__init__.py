@@ -1,0 +1,1 @@
+"""Params-only hyperparameter search."""

@@ -1,0 +1,155 @@
+"""`torchcycle tune <task>`: an Optuna (TPE) search over the keys declared in the task's `tune.space`.
+
+Trials only change params: each builds the model and trains it in memory on the processed splits that
+the pipeline already wrote (no DVC run per trial), and is tracked as an MLflow child run under one
+parent run. The best params are printed and written as YAML ready to paste into params.yaml.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from torchcycle.atomic import read_json, write_json, write_text
+from torchcycle.config import Params
+from torchcycle.errors import ConfigError, TrainingError
+from torchcycle.paths import TaskPaths
+
+MAXIMISE = ("val_accuracy", "val_roc_auc")
+
+
+def apply_overrides(task_cfg: Any, overrides: dict[str, Any]) -> Any:
+    """A validated copy of the task config with dotted keys (`model.dropout`) set; unknown keys fail."""
+    raw = task_cfg.model_dump()
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"tune.space key '{dotted}': '{part}' is not a section")
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"tune.space key '{dotted}': unknown key '{leaf}' (known: {sorted(node)})")
+        node[leaf] = value
+    return type(task_cfg).model_validate(raw)
+
+
+def suggest(trial: Any, space: dict) -> dict[str, Any]:
+    """One point of the search space (categorical choices that are lists are passed as JSON strings,
+    because Optuna's choices must be primitives)."""
+    out: dict[str, Any] = {}
+    for key, dim in space.items():
+        if dim.type == "categorical":
+            encoded = [json.dumps(c) if isinstance(c, (list, dict)) else c for c in dim.choices]
+            value = trial.suggest_categorical(key, encoded)
+            out[key] = json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
+        elif dim.type == "int":
+            out[key] = trial.suggest_int(key, int(dim.low), int(dim.high), log=dim.log)
+        else:
+            out[key] = trial.suggest_float(key, dim.low, dim.high, log=dim.log)
+    return out
+
+
+def run(params: Params, task: str, root: Path, trials: int | None = None, output: Path | None = None) -> dict:
+    import mlflow
+    import optuna
+
+    from torchcycle.models.factory import build_model, model_spec
+    from torchcycle.stages.common import load_split
+    from torchcycle.tracking import mlflow_run
+    from torchcycle.training.loop import fit
+    from torchcycle.training.reproducibility import configure_threads, seed_everything
+
+    base = params.task(task)
+    if base.tune is None or not base.tune.space:
+        raise ConfigError(f"task '{task}' has no `tune.space` in params.yaml; declare the keys to search there.")
+    tune = base.tune
+    n_trials = trials or tune.trials
+    paths = TaskPaths(task, root)
+    train, val = load_split(paths, "train"), load_split(paths, "val")  # loaded once, reused by every trial
+    schema = read_json(paths.schema)
+    n_classes = len(schema["classes"])
+    direction = "maximize" if tune.metric in MAXIMISE else "minimize"
+    threads = configure_threads(base.train.num_threads)
+
+    def objective(trial: Any) -> float:
+        values = suggest(trial, tune.space)
+        over = dict(values)
+        if tune.epochs:
+            over["train.epochs"] = tune.epochs
+        over["train.checkpoint.enabled"] = False
+        cfg = apply_overrides(base, over)
+        seed_everything(params.seed)
+        model = build_model(model_spec(cfg, schema, train.inputs))
+        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+            mlflow.log_params({**values, "trial": trial.number})
+            start = time.perf_counter()
+            try:
+                result = fit(model, train, val, cfg.train, n_classes=n_classes, seed=params.seed, progress=False)
+            except TrainingError as exc:  # a diverging point is a bad point, not a failed search
+                mlflow.set_tag("failure", str(exc))
+                raise optuna.TrialPruned(str(exc)) from None
+            best = result.history[result.best_epoch - 1]
+            value = float(best[tune.metric])
+            mlflow.log_metrics({tune.metric: value, "best_epoch": result.best_epoch,
+                                "seconds": time.perf_counter() - start,
+                                **{k: float(v) for k, v in best.items() if k.startswith("val_")}})  # fmt: skip
+        return value
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tags = {"task": task, "stage": "tune", **mlflow_run.git_commit(root)}
+    with mlflow_run.start_run(params, task, root, tags) as parent:
+        mlflow.log_params({"trials": n_trials, "metric": tune.metric, "direction": direction, "threads": threads,
+                           "space": json.dumps({k: v.model_dump(exclude_none=True) for k, v in tune.space.items()})})
+        study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=params.seed))
+        study.enqueue_trial({k: _encode(v) for k, v in _current(base, tune.space).items()})  # today's defaults
+        study.optimize(objective, n_trials=n_trials)
+        best_params = {k: (json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v)
+                       for k, v in study.best_trial.params.items()}
+        mlflow.log_metric(f"best_{tune.metric}", study.best_value)
+        mlflow.log_params({f"best.{k}": v for k, v in best_params.items()})
+
+    out_dir = Path(output) if output else paths.reports / "tune"
+    summary = {
+        "task": task, "metric": tune.metric, "direction": direction, "best_value": study.best_value,
+        "best_trial": study.best_trial.number, "trials": len(study.trials), "best_params": best_params,
+        "baseline_value": study.trials[0].value, "parent_run_id": parent.info.run_id,
+        "command": f"torchcycle tune {task} --trials {n_trials}", "seed": params.seed,
+        "all_trials": [{"number": t.number, "value": t.value, "params": t.params, "state": t.state.name}
+                       for t in study.trials],
+    }  # fmt: skip
+    write_json(out_dir / "best_params.json", summary)
+    write_text(out_dir / "best_params.yaml", _as_yaml(task, best_params))
+    return {**summary, "output": str(out_dir / "best_params.yaml")}
+
+
+def _current(task_cfg: Any, space: dict) -> dict[str, Any]:
+    raw = task_cfg.model_dump()
+    out = {}
+    for key in space:
+        node = raw
+        for part in key.split("."):
+            node = node[part]
+        out[key] = copy.deepcopy(node)
+    return out
+
+
+def _encode(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def _as_yaml(task: str, best: dict[str, Any]) -> str:
+    """The best values nested as in params.yaml (`<task>: model: ...`)."""
+    import yaml
+
+    nested: dict[str, Any] = {}
+    for key, value in best.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return yaml.safe_dump({task: nested}, sort_keys=False)
