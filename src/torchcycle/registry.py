@@ -135,7 +135,16 @@ def register_and_decide(
         if champion.tags.get("test_split") == split_id and recorded not in (None, "none"):
             champion_score, source = float(recorded), "recorded on the same test split"
         else:
-            champion_score, source = rescore(f"models:/{name}/{champion.version}"), "re-scored on this test split"
+            uri = f"models:/{name}/{champion.version}"
+            try:
+                champion_score, source = rescore(uri), "re-scored on this test split"
+            except Exception as exc:
+                from torchcycle.errors import TorchcycleError
+
+                raise TorchcycleError(
+                    f"cannot re-score the champion {uri} on the current test split ({type(exc).__name__}: {exc}). "
+                    f"Version {version.version} stays registered without a decision; no alias was moved."
+                ) from exc
     decision = decide(metric, margin, str(version.version), challenger_score,
                       None if champion is None else str(champion.version), champion_score, source)
     for key, value in decision.tags().items():

@@ -137,5 +137,5 @@ def load_registered(task: str, alias: str = "champion", tracking_uri: str | None
     directory = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{name}/{version.version}", tracking_uri=tracking_uri
     )
-    info = {"name": name, "version": version.version, "alias": alias, "run_id": version.run_id}
+    info = {"name": name, "version": str(version.version), "alias": alias, "run_id": version.run_id}
     return Predictor.from_dir(directory), info

@@ -1,0 +1,144 @@
+"""ONNX export: the file gives the same probabilities as torch for any batch size, carries its
+preprocessing state, and the shared Predictor turns raw records / image files into those probabilities
+with clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from torchcycle.config import TabularPreprocess
+from torchcycle.data import preprocess as pp
+from torchcycle.errors import PredictionInputError
+from torchcycle.export import onnx as X
+from torchcycle.models.cnn import ImageCNN
+from torchcycle.models.mlp import TabularMLP
+from torchcycle.serving import Predictor, image_files, predict_path, read_records
+
+
+def raw_frame(n: int = 60, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "age": rng.integers(18, 90, n).astype(float),
+        "hours": rng.normal(40, 10, n),
+        "city": rng.choice(["rome", "paris", "oslo"], n),
+        "plan": rng.choice(["a", "b"], n),
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tabular() -> tuple[TabularMLP, dict, bytes]:
+    frame = raw_frame()
+    state = pp.fit_tabular(frame, ["age", "hours"], ["city", "plan"], TabularPreprocess())
+    state.update(target="y", classes=["no", "yes"])
+    torch.manual_seed(0)
+    model = TabularMLP(2, pp.cardinalities(state), 2, [16], numeric_embedding="periodic",
+                       numeric_embedding_dim=4, periodic_frequencies=3).eval()
+    example = tuple(torch.from_numpy(a) for a in pp.transform_tabular(frame, state))
+    blob = X.export_onnx(model, example, "tabular", X.metadata_for("tabular", state, state["classes"]))
+    return model, state, blob
+
+
+@pytest.fixture(scope="module")
+def image() -> tuple[ImageCNN, dict, bytes]:
+    state = {"kind": "image", "size": [12, 12], "channels": 1, "mean": [0.3], "std": [0.2],
+             "value_range": [0, 255], "classes": ["0", "1", "2"]}
+    torch.manual_seed(0)
+    model = ImageCNN(1, (12, 12), 3, [4, 8], hidden=8, batch_norm=True).eval()
+    blob = X.export_onnx(model, (torch.randn(3, 1, 12, 12),), "image",
+                         X.metadata_for("image", state, state["classes"]))
+    return model, state, blob
+
+
+@pytest.mark.parametrize("batch", [1, 7, 300])
+def test_tabular_onnx_matches_torch_for_any_batch_size(tabular, batch) -> None:
+    model, state, blob = tabular
+    x_num, x_cat = pp.transform_tabular(raw_frame(batch, seed=batch), state)
+    session = X.ort_session(blob)
+    onnx_p = X.run_session(session, (x_num, x_cat))
+    torch_p = X.torch_proba(model, (torch.from_numpy(x_num), torch.from_numpy(x_cat)))
+    report = X.parity(torch_p, onnx_p, 1e-5)
+    assert report["passed"] and report["rows"] == batch, report
+    np.testing.assert_allclose(onnx_p.sum(1), 1.0, atol=1e-5)  # probabilities, softmax included
+
+
+def test_image_onnx_matches_torch_and_documents_its_input(image) -> None:
+    model, state, blob = image
+    x = torch.randn(5, 1, 12, 12)
+    session = X.ort_session(blob)
+    assert X.parity(X.torch_proba(model, (x,)), X.run_session(session, (x.numpy(),)), 1e-5)["passed"]
+    meta = X.read_metadata(session)
+    described = json.loads(meta[X.METADATA_INPUT])
+    assert (described["channels"], described["height"], described["width"]) == (1, 12, 12)
+    assert described["mean"] == [0.3] and described["raw_value_range"] == [0, 255]
+
+
+def test_parity_fails_on_a_different_class_or_a_large_difference() -> None:
+    a = np.array([[0.6, 0.4], [0.2, 0.8]])
+    assert X.parity(a, a + 1e-6, 1e-4)["passed"]
+    flipped = X.parity(a, np.array([[0.49, 0.51], [0.2, 0.8]]), 1.0)
+    assert not flipped["passed"] and flipped["class_mismatches"] == 1
+    assert not X.parity(a, a + 1e-3, 1e-4)["passed"]
+
+
+def test_predictor_takes_raw_records_through_the_shared_preprocessing(tabular, tmp_path) -> None:
+    model, state, blob = tabular
+    frame = raw_frame(9, seed=3)
+    predictor = Predictor(blob)
+    expected = X.torch_proba(model, tuple(torch.from_numpy(a) for a in pp.transform_tabular(frame, state)))
+    np.testing.assert_allclose(predictor.proba_records(frame), expected, atol=1e-5)
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    table = predict_path(predictor, tmp_path / "rows.csv")
+    assert list(table.columns) == ["predicted", "proba_no", "proba_yes"] and len(table) == 9
+    assert set(table["predicted"]) <= {"no", "yes"}
+
+
+def test_bad_records_name_the_problem(tabular, tmp_path) -> None:
+    predictor = Predictor(tabular[2])
+    with pytest.raises(PredictionInputError, match=r"missing column\(s\) \['hours'\]"):
+        predictor.proba_records(raw_frame(3).drop(columns="hours"))
+    wrong = raw_frame(3).astype({"age": object})
+    wrong.loc[1, "age"] = "old"
+    with pytest.raises(PredictionInputError, match="column 'age', row 1: 'old' is not a number"):
+        predictor.proba_records(wrong)
+    (tmp_path / "x.txt").write_text("a")
+    with pytest.raises(PredictionInputError, match="unsupported file type"):
+        read_records(tmp_path / "x.txt")
+    with pytest.raises(PredictionInputError, match="no such file"):
+        read_records(tmp_path / "absent.csv")
+    with pytest.raises(PredictionInputError, match="image model|tabular model"):
+        predictor.proba_pixels(np.zeros((1, 1, 12, 12), np.uint8))
+
+
+def test_predictor_reads_image_files_and_folders(image, tmp_path) -> None:
+    model, state, blob = image
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (20, 16), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    predictor = Predictor(blob)
+    table = predict_path(predictor, tmp_path)
+    assert len(table) == 3 and table["path"].str.endswith(".png").all()
+    pixels = predictor.load_images(image_files(tmp_path))
+    expected = X.torch_proba(model, (torch.from_numpy(pp.transform_images(pixels, state)),))
+    np.testing.assert_allclose(table[[f"proba_{c}" for c in "012"]].to_numpy(), expected, atol=1e-5)
+
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(PredictionInputError, match="broken.png: cannot be decoded as an image"):
+        predict_path(predictor, tmp_path / "broken.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PredictionInputError, match="no image files"):
+        image_files(tmp_path / "empty")
+
+
+def test_benchmark_reports_both_runtimes(tabular) -> None:
+    model, state, blob = tabular
+    inputs = tuple(torch.from_numpy(a) for a in pp.transform_tabular(raw_frame(20), state))
+    bench = X.benchmark(model, X.ort_session(blob), inputs, repeats=10, min_seconds=0.01)
+    for batch in ("batch1", "batch256"):
+        assert bench[batch]["torch_ms"] > 0 and bench[batch]["onnxruntime_ms"] > 0
+        assert bench[batch]["speedup"] == pytest.approx(bench[batch]["torch_ms"] / bench[batch]["onnxruntime_ms"])

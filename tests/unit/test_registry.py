@@ -1,0 +1,132 @@
+"""Champion/challenger promotion against a real MLflow registry (SQLite in a temp dir): first version,
+better, worse, tie within margin, re-scoring on a changed test split, and a crash in the middle of
+registering (the champion's artifacts are gone) that must leave both aliases where they were."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from torchcycle.errors import TorchcycleError
+from torchcycle.registry import CHALLENGER, CHAMPION, current_alias, decide, register_and_decide
+from torchcycle.serving import Predictor, load_registered
+from torchcycle.stages.register import score, score_registered
+from tests.unit.test_export_serving import raw_frame, tabular  # noqa: F401  (the fixture)
+
+NAME = "torchcycle-unit"
+
+
+# --------------------------------------------------------------------------- the rule alone
+@pytest.mark.parametrize(("metric", "challenger", "champion", "promoted", "why"), [
+    ("roc_auc", 0.80, None, True, "first version"),
+    ("roc_auc", 0.85, 0.80, True, "improves"),
+    ("roc_auc", 0.79, 0.80, False, "does not improve"),
+    ("roc_auc", 0.8005, 0.80, False, "tie within margin"),
+    ("roc_auc", 0.80, 0.80, False, "does not improve"),
+    ("log_loss", 0.30, 0.40, True, "improves"),  # lower is better
+    ("log_loss", 0.45, 0.40, False, "does not improve"),
+    ("roc_auc", float("nan"), 0.80, False, "no finite"),
+    ("roc_auc", None, None, False, "no finite"),
+])  # fmt: skip
+def test_decision_rule(metric, challenger, champion, promoted, why) -> None:
+    d = decide(metric, 0.001, "2", challenger, None if champion is None and why == "first version" or
+               challenger is None else "1", champion)
+    assert d.promoted is promoted and why in d.reason
+    tags = d.tags()
+    assert tags["decision.promoted"] == str(promoted).lower() and "at least 0.001" in tags["decision.rule"]
+
+
+# --------------------------------------------------------------------------- a real registry
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    for key, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}.items():
+        monkeypatch.setenv(key, value)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.create_experiment("unit", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=exp)
+    yield MlflowClient(uri, uri)
+    mlflow.set_tracking_uri("")
+    mlflow.set_registry_uri("")
+
+
+def _log(blob: bytes):
+    import mlflow
+    import onnx
+
+    with mlflow.start_run() as run:
+        info = mlflow.onnx.log_model(onnx.load_from_string(blob), name="onnx", pip_requirements=["onnxruntime"],
+                                     save_as_external_data=False)
+    return info, run.info.run_id
+
+
+def _register(client, blob, value, split="A", rescore=None):
+    info, run_id = _log(blob)
+    _register.last_info = info
+    return register_and_decide(client, NAME, info.model_uri, run_id, "roc_auc", 0.001, value, split,
+                               rescore=rescore or (lambda uri: pytest.fail("should use the recorded score")),
+                               model_id=info.model_id)
+
+
+def _aliases(client) -> tuple[str | None, str | None]:
+    return tuple(None if (v := current_alias(client, NAME, a)) is None else str(v.version)
+                 for a in (CHAMPION, CHALLENGER))  # type: ignore[return-value]
+
+
+def test_first_worse_tie_better_then_a_crash_keeps_the_champion(client, tabular) -> None:
+    import mlflow
+
+    blob = tabular[2]
+    v1, d1 = _register(client, blob, 0.80)
+    assert d1.promoted and d1.reason == "first version" and _aliases(client) == ("1", "1")
+
+    v2, d2 = _register(client, blob, 0.79)
+    assert not d2.promoted and _aliases(client) == ("1", "2")
+    assert d2.champion_score == pytest.approx(0.80) and d2.champion_score_source == "recorded on the same test split"
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["decision.promoted"] == "false" and tags["decision.champion_version"] == "1"
+
+    _, d3 = _register(client, blob, 0.8005)
+    assert not d3.promoted and "tie within margin" in d3.reason and _aliases(client) == ("1", "3")
+
+    v4, d4 = _register(client, blob, 0.82)
+    champion_info = _register.last_info
+    assert d4.promoted and _aliases(client) == ("4", "4")
+    assert client.get_model_version(NAME, "4").tags["decision.champion_score"] == "0.800000"
+
+    # a new test split needs the champion re-scored; its artifacts are gone, so registering fails
+    champion_model = mlflow.get_logged_model(champion_info.model_id)
+    shutil.rmtree(Path(champion_model.artifact_location.removeprefix("file://")))
+    frame, y = raw_frame(40, seed=9), np.arange(40) % 2
+    with pytest.raises(TorchcycleError, match="cannot re-score the champion models:/torchcycle-unit/4"):
+        _register(client, blob, 0.99, split="B",
+                  rescore=lambda uri: score_registered(uri, frame, y, ["no", "yes"], "roc_auc"))
+    assert _aliases(client) == ("4", "4")  # neither alias moved
+    crashed = client.get_model_version(NAME, "5")
+    assert "decision.promoted" not in crashed.tags
+
+
+def test_champion_is_rescored_on_a_changed_test_split(client, tabular) -> None:
+    blob = tabular[2]
+    frame, y = raw_frame(80, seed=4), np.arange(80) % 2
+    actual = score(Predictor(blob), frame, y, ["no", "yes"], "roc_auc")
+    _register(client, blob, 0.99, split="old")  # a score measured on other rows must not be reused
+
+    _, d = _register(client, blob, actual + 0.01, split="new",
+                     rescore=lambda uri: score_registered(uri, frame, y, ["no", "yes"], "roc_auc"))
+    assert d.champion_score_source == "re-scored on this test split"
+    assert d.champion_score == pytest.approx(actual) and d.promoted
+
+    predictor, info = load_registered("unit", "champion")  # what `torchcycle predict` loads
+    assert info["version"] == "2" and predictor.classes == ["no", "yes"]
+    assert math.isfinite(float(predictor.proba_records(frame)[0, 1]))
