@@ -60,7 +60,7 @@ def colours(n: int) -> list[str]:
     return [PALETTE[i % len(PALETTE)] for i in range(n)]
 
 
-def _finish(chart: alt.Chart, height: int = 320) -> alt.Chart:
+def _finish(chart: alt.Chart, height: Any = 320) -> alt.Chart:
     return (chart.properties(height=height)
             .configure_axis(labelFontSize=12, titleFontSize=13, gridColor="#DDDDDD")
             .configure_legend(labelFontSize=12, titleFontSize=12, orient="bottom")
@@ -87,19 +87,19 @@ def lines(frame: pd.DataFrame, x: str, y: str, colour: str | None, title: str, x
 
 
 def bars(frame: pd.DataFrame, x: str, y: str, title: str, x_title: str | None = None, colour: str | None = None,
-         height: int | None = None, sort: str = "-x") -> alt.Chart:
+         height: Any = None, sort: str = "-x") -> alt.Chart:
     """Horizontal bars (y categorical), largest on top."""
     enc: dict[str, Any] = {
         "x": alt.X(x, type="quantitative", title=x_title or x),
-        "y": alt.Y(y, type="nominal", sort=sort, title=None),
+        "y": alt.Y(y, type="nominal", sort=sort, title=None, axis=alt.Axis(labelOverlap=False, labelLimit=220)),
         "tooltip": [y, alt.Tooltip(x, format=".4f")],
     }
     if colour:
         enc["color"] = alt.Color(colour, type="nominal", scale=alt.Scale(range=colours(frame[colour].nunique())))
     else:
         enc["color"] = alt.value(PALETTE[0])
-    h = height or max(120, 24 * frame[y].nunique())
-    return _finish(alt.Chart(frame, title=title).mark_bar().encode(**enc), h)
+    # one band per bar (a fixed pixel height collapses short charts in Streamlit)
+    return _finish(alt.Chart(frame, title=title).mark_bar().encode(**enc), height or alt.Step(26))
 
 
 def heatmap(matrix: pd.DataFrame, title: str, normalise: bool) -> alt.Chart:
@@ -119,6 +119,11 @@ def heatmap(matrix: pd.DataFrame, title: str, normalise: bool) -> alt.Chart:
     )
     side = max(260, 34 * matrix["actual"].nunique())
     return _finish((cells + text).properties(width=side), side)
+
+
+def square(chart: alt.Chart) -> None:
+    """Draw at the chart's own width (a stretched confusion matrix turns into flat stripes)."""
+    st.altair_chart(chart, width="content")
 
 
 def pyplot(fig: Any) -> None:

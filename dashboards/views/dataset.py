@@ -22,8 +22,8 @@ summary_tab, validation_tab, drift_tab = st.tabs(["Summary", "Validation", "Drif
 
 
 def class_balance(counts: dict, title: str) -> None:
-    frame = pd.DataFrame({"class": list(counts), "rows": list(counts.values())})
-    st.altair_chart(ui.bars(frame, "rows", "class", title, "rows", sort="ascending"
+    frame = pd.DataFrame({"outcome": list(counts), "rows": list(counts.values())})
+    st.altair_chart(ui.bars(frame, "rows", "outcome", title, "rows", sort="ascending"
                             if report.get("kind") == "image" else "-x"))
 
 

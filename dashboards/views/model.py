@@ -49,7 +49,8 @@ normalise = right.toggle("Row shares (recall per class)", value=True, key="model
 matrix = pd.DataFrame(m["confusion_matrix"], index=classes, columns=classes)
 cells = matrix.stack().rename("count").reset_index().set_axis(["actual", "predicted", "count"], axis=1)
 cells["share"] = cells["count"] / cells.groupby("actual")["count"].transform("sum").clip(lower=1)
-right.altair_chart(ui.heatmap(cells, "Confusion matrix", normalise))
+with right:
+    ui.square(ui.heatmap(cells, "Confusion matrix", normalise))
 
 # ---------------------------------------------------------------- curves
 t = ev["tables"]

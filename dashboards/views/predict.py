@@ -25,9 +25,10 @@ st.caption(f"Predictions by **{model.label}** of `{data.registered_name(task)}` 
 
 
 def probabilities(proba: np.ndarray, top: int | None = None) -> None:
-    frame = pd.DataFrame({"class": classes, "probability": proba}).sort_values("probability", ascending=False)
+    # "class" is a reserved word in Vega expressions: the column is called "outcome"
+    frame = pd.DataFrame({"outcome": classes, "probability": proba}).sort_values("probability", ascending=False)
     frame = frame.head(top) if top else frame
-    st.altair_chart(ui.bars(frame, "probability", "class", "Probabilities", "probability"))
+    st.altair_chart(ui.bars(frame, "probability", "outcome", "Probabilities", "probability"))
     st.dataframe(frame, hide_index=True, key=None,
                  column_config={"probability": st.column_config.NumberColumn(format="%.6f")})
 

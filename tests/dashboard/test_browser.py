@@ -71,7 +71,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
-            args=FLAGS, viewport={"width": 1440, "height": 1000}, service_workers="block",
+            args=FLAGS, viewport={"width": 1440, "height": 1400}, service_workers="block",
         )  # fmt: skip
         yield context
         context.close()
@@ -90,11 +90,20 @@ def visit(browser, url: str, path: str, task: str, expect: str | None, shots: Pa
     return page
 
 
+def selected_task(page) -> str:
+    """What the sidebar's task selector shows (its text or, in newer releases, its input's value)."""
+    box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')
+    inputs = box.locator("input")
+    return box.inner_text() + " " + " ".join(inputs.nth(i).input_value() for i in range(inputs.count()))
+
+
 def settle(page) -> None:
     """Wait until the script run is over (the status widget says nothing is running)."""
     page.wait_for_timeout(300)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')?.innerText.includes('Running')")
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')?.innerText.includes('Running')"
+        " && !document.querySelector('[data-testid=\"stSpinner\"]')")
+    page.wait_for_timeout(500)  # charts draw after the script run ends
 
 
 def test_every_page_in_a_real_browser(server: str, browser, tmp_path: Path) -> None:
@@ -103,7 +112,7 @@ def test_every_page_in_a_real_browser(server: str, browser, tmp_path: Path) -> N
             page = visit(browser, server, path, task, expect, tmp_path)
             assert page.get_by_role("heading", level=1).first.inner_text().strip() in (
                 "Overview", "Experiments", "Model", "Explain", "Predict", "Data")
-            assert task in page.locator('[data-testid="stSidebar"]').inner_text()
+            assert task in selected_task(page)
             page.close()
 
 
@@ -111,6 +120,7 @@ def test_tabular_prediction_in_a_real_browser(server: str, browser, tmp_path: Pa
     page = visit(browser, server, "predict", "adult", "One row", tmp_path)
     page.get_by_role("button", name="Predict").click()
     page.get_by_text("Prediction:").first.wait_for()
+    page.locator('[data-testid="stMain"] img').first.wait_for()  # the local SHAP explanation
     settle(page)
     body = page.inner_text("body")
     assert "Prediction:" in body and ("<=50K" in body or ">50K" in body)

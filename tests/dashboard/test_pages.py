@@ -80,7 +80,7 @@ def test_form_prediction_equals_the_cli(trained, at_root, tmp_path: Path) -> Non
     at.button[0].click().run()
     assert not at.exception and not at.error, texts(at.error)
     assert "Prediction:" in texts(at.success)
-    shown = at.dataframe[0].value.set_index("class")["probability"]
+    shown = at.dataframe[0].value.set_index("outcome")["probability"]
 
     file = tmp_path / "row.csv"
     pd.DataFrame([record]).to_csv(file, index=False)
