@@ -180,3 +180,47 @@ def test_local_shap_adds_up_to_the_served_models_log_odds(trained, at_root) -> N
     at = open_page("explain", "adult")
     at.number_input(key="explain_row").set_value(7).run()
     assert not at.exception and "Actual" in texts(at.markdown)
+
+
+@pytest.mark.slow
+def test_pages_read_a_remote_mlflow_server(trained, at_root, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLFLOW_TRACKING_URI pointing at an MLflow server (on loopback) instead of the embedded store."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from tests.integration.conftest import BIN, project_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{trained.root / 'mlflow.db'}",
+         "--artifacts-destination", str(trained.root / "mlartifacts")],
+        cwd=trained.root, env=project_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        at_root(trained.root)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        overview = open_page("overview", "adult")
+        assert f"http://127.0.0.1:{port}" in texts(overview.caption)
+        assert next(m.value for m in overview.metric if m.label == "Champion").startswith("v")
+        experiments = open_page("experiments", "adult")
+        assert len(experiments.multiselect(key="exp_compare").value) == 2
+        predict = open_page("predict", "adult")
+        predict.button[0].click().run()
+        assert not predict.exception and "Prediction:" in texts(predict.success)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
