@@ -9,8 +9,8 @@ least the configured margin, on the same test split. The alias is moved last, af
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 CHAMPION, CHALLENGER = "champion", "challenger"

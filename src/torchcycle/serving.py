@@ -14,7 +14,13 @@ import pandas as pd
 
 from torchcycle.data.preprocess import load_image, transform_images, transform_tabular
 from torchcycle.errors import PredictionInputError, TorchcycleError
-from torchcycle.export.onnx import METADATA_CLASSES, METADATA_PREPROCESSOR, ort_session, read_metadata, run_session
+from torchcycle.export.onnx import (
+    METADATA_CLASSES,
+    METADATA_PREPROCESSOR,
+    ort_session,
+    read_metadata,
+    run_session,
+)
 
 MODEL_FILE = "model.onnx"
 RECORD_SUFFIXES = (".csv", ".parquet", ".json", ".jsonl")
@@ -37,7 +43,7 @@ class Predictor:
         self.kind: str = self.state["kind"]
 
     @classmethod
-    def from_dir(cls, directory: str | Path, threads: int = 1) -> "Predictor":
+    def from_dir(cls, directory: str | Path, threads: int = 1) -> Predictor:
         files = sorted(Path(directory).rglob(MODEL_FILE))
         if not files:
             raise TorchcycleError(f"no {MODEL_FILE} under {directory}")

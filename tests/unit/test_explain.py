@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from torchcycle.explain import plots as XP
-from torchcycle.explain.gradcam import class_average_maps, grad_cam, pick_examples, quadrant_mass, resolve_layer
+from torchcycle.explain.gradcam import (
+    class_average_maps,
+    grad_cam,
+    pick_examples,
+    quadrant_mass,
+    resolve_layer,
+)
 from torchcycle.explain.tabular import (
     ExplainedOutput,
     _deep_batched,

@@ -31,8 +31,8 @@ def raw_frame(n: int = 60, seed: int = 0) -> pd.DataFrame:
     })  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def tabular() -> tuple[TabularMLP, dict, bytes]:
+def make_tabular() -> tuple[TabularMLP, dict, bytes]:
+    """A small periodic-embedding MLP on raw_frame() columns, exported with its preprocessing state."""
     frame = raw_frame()
     state = pp.fit_tabular(frame, ["age", "hours"], ["city", "plan"], TabularPreprocess())
     state.update(target="y", classes=["no", "yes"])
@@ -42,6 +42,11 @@ def tabular() -> tuple[TabularMLP, dict, bytes]:
     example = tuple(torch.from_numpy(a) for a in pp.transform_tabular(frame, state))
     blob = X.export_onnx(model, example, "tabular", X.metadata_for("tabular", state, state["classes"]))
     return model, state, blob
+
+
+@pytest.fixture(scope="module")
+def tabular() -> tuple[TabularMLP, dict, bytes]:
+    return make_tabular()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +73,7 @@ def test_tabular_onnx_matches_torch_for_any_batch_size(tabular, batch) -> None:
 
 
 def test_image_onnx_matches_torch_and_documents_its_input(image) -> None:
-    model, state, blob = image
+    model, _, blob = image
     x = torch.randn(5, 1, 12, 12)
     session = X.ort_session(blob)
     assert X.parity(X.torch_proba(model, (x,)), X.run_session(session, (x.numpy(),)), 1e-5)["passed"]

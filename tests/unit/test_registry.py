@@ -11,13 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.unit.test_export_serving import make_tabular, raw_frame
 from torchcycle.errors import TorchcycleError
 from torchcycle.registry import CHALLENGER, CHAMPION, current_alias, decide, register_and_decide
 from torchcycle.serving import Predictor, load_registered
 from torchcycle.stages.register import score, score_registered
-from tests.unit.test_export_serving import raw_frame, tabular  # noqa: F401  (the fixture)
 
 NAME = "torchcycle-unit"
+
+
+@pytest.fixture(scope="module")
+def tabular():
+    return make_tabular()
 
 
 # --------------------------------------------------------------------------- the rule alone
@@ -87,10 +92,10 @@ def test_first_worse_tie_better_then_a_crash_keeps_the_champion(client, tabular)
     import mlflow
 
     blob = tabular[2]
-    v1, d1 = _register(client, blob, 0.80)
+    _, d1 = _register(client, blob, 0.80)
     assert d1.promoted and d1.reason == "first version" and _aliases(client) == ("1", "1")
 
-    v2, d2 = _register(client, blob, 0.79)
+    _, d2 = _register(client, blob, 0.79)
     assert not d2.promoted and _aliases(client) == ("1", "2")
     assert d2.champion_score == pytest.approx(0.80) and d2.champion_score_source == "recorded on the same test split"
     tags = client.get_model_version(NAME, "2").tags
@@ -99,7 +104,7 @@ def test_first_worse_tie_better_then_a_crash_keeps_the_champion(client, tabular)
     _, d3 = _register(client, blob, 0.8005)
     assert not d3.promoted and "tie within margin" in d3.reason and _aliases(client) == ("1", "3")
 
-    v4, d4 = _register(client, blob, 0.82)
+    _, d4 = _register(client, blob, 0.82)
     champion_info = _register.last_info
     assert d4.promoted and _aliases(client) == ("4", "4")
     assert client.get_model_version(NAME, "4").tags["decision.champion_score"] == "0.800000"

@@ -11,6 +11,7 @@ Pure functions: arrays and a model in, arrays out; no files.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ def sum_to_columns(values: np.ndarray, widths: list[int]) -> np.ndarray:
     if sum(widths) != values.shape[1]:
         raise ValueError(f"column widths add up to {sum(widths)}, attributions have {values.shape[1]} features")
     bounds = np.cumsum([0, *widths])
-    return np.stack([values[:, a:b].sum(axis=1) for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
+    return np.stack([values[:, a:b].sum(axis=1) for a, b in pairwise(bounds)], axis=1)
 
 
 def explain_tabular(
@@ -152,7 +153,7 @@ def _deep_batched(explainer, z: torch.Tensor, z_bg: torch.Tensor, chunk: int = 6
     return out
 
 
-def global_importance(values: np.ndarray, columns: list[str]) -> "pd.DataFrame":  # noqa: F821
+def global_importance(values: np.ndarray, columns: list[str]) -> pd.DataFrame:  # noqa: F821
     """Mean |SHAP| per column (N, F) sorted descending, with its share of the total."""
     import pandas as pd
 

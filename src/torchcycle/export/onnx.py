@@ -116,7 +116,7 @@ def parity(reference: np.ndarray, candidate: np.ndarray, tolerance: float) -> di
     diff = float(np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).max()) if len(reference) else 0.0
     mismatched = int((reference.argmax(1) != candidate.argmax(1)).sum())
     return {
-        "rows": int(len(reference)),
+        "rows": len(reference),
         "max_abs_diff": diff,
         "tolerance": tolerance,
         "class_mismatches": mismatched,
@@ -143,8 +143,23 @@ def benchmark(
     inputs: tuple[torch.Tensor, ...],
     repeats: int = 200,
     min_seconds: float = 0.5,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Batch-1 latency and batch-256 throughput of eager torch (inference mode) and onnxruntime."""
+    """Batch-1 latency and batch-256 throughput of eager torch (inference mode) and onnxruntime.
+
+    `threads` gives torch the same intra-op thread count as the onnxruntime session, so the comparison
+    is runtime against runtime rather than one core against several."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _benchmark(model, session, inputs, repeats, min_seconds)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _benchmark(model: nn.Module, session: Any, inputs: tuple[torch.Tensor, ...], repeats: int,
+               min_seconds: float) -> dict[str, Any]:
     names = [i.name for i in session.get_inputs()]
     wrapped = ProbabilityModel(model).eval()
     out: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
@@ -155,13 +170,13 @@ def benchmark(
             rows = tuple(t.repeat(reps, *([1] * (t.ndim - 1)))[:batch] for t in rows)
         feeds = {k: v.numpy() for k, v in zip(names, rows)}
 
-        def eager() -> None:
+        def eager(rows: tuple[torch.Tensor, ...] = rows) -> None:
             with torch.inference_mode():
                 wrapped(*rows)
 
         reps = repeats if batch == 1 else max(repeats // 10, 10)
         t_torch = _time(eager, reps, min_seconds)
-        t_ort = _time(lambda: session.run(None, feeds), reps, min_seconds)
+        t_ort = _time(lambda feeds=feeds: session.run(None, feeds), reps, min_seconds)
         out[f"batch{batch}"] = {
             "torch_ms": t_torch * 1e3,
             "onnxruntime_ms": t_ort * 1e3,

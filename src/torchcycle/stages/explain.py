@@ -96,7 +96,7 @@ def _tabular(params: Params, paths: TaskPaths, model, classes: list[str]) -> tup
 
     summary = {
         "kind": "tabular", "method": result.method, "explained_output": output_name,
-        "rows": int(len(idx)), "background_rows": int(len(bg)), "seconds": round(seconds, 3),
+        "rows": len(idx), "background_rows": len(bg), "seconds": round(seconds, 3),
         "additivity_error": result.additivity_error,
         "local_rows": [int(idx[i]) for i in local],
         "top_features": importance.head(10).to_dict(orient="records"),
@@ -146,8 +146,8 @@ def _images(params: Params, paths: TaskPaths, model, classes: list[str]) -> tupl
             figures[f"overlays_{kind}.png"] = XP.cam_overlays(pixels[picked], maps[picked], titles)
     ex_idx = np.asarray([i for i, _ in chosen], dtype=np.int64)
     summary = {
-        "kind": "image", "method": ex.cam_method, "layer": layer, "images": int(len(idx)),
-        "examples": int(len(ex_idx)), "seconds": round(seconds, 3),
+        "kind": "image", "method": ex.cam_method, "layer": layer, "images": len(idx),
+        "examples": len(ex_idx), "seconds": round(seconds, 3),
         "misclassified_examples": int(sum(1 for _, k in chosen if k == "misclassified")),
     }  # fmt: skip
 
