@@ -62,13 +62,13 @@ def decide(metric: str, margin: float, challenger_version: str, challenger_score
            champion_score_source: str | None = None) -> Decision:
     """Promote the first version; afterwards only a strict improvement of at least `margin`.
 
-    A missing or non-finite challenger score never promotes; a champion without a usable score (its
-    metric undefined on this split) is replaced by any challenger with a finite score.
+    Once there is a champion, a missing or non-finite challenger score never promotes; a champion
+    without a usable score (its metric undefined on this split) yields to a challenger with one.
     """
     higher = metric not in LOWER_IS_BETTER
     usable = challenger_score is not None and math.isfinite(challenger_score)
-    if champion_version is None:
-        promoted, reason = usable, "first version" if usable else f"challenger has no finite {metric}"
+    if champion_version is None:  # nothing to compare with: the first version serves
+        promoted, reason = True, "first version" if usable else f"first version (its {metric} is undefined)"
     elif not usable:
         promoted, reason = False, f"challenger has no finite {metric}"
     elif champion_score is None or not math.isfinite(champion_score):

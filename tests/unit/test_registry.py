@@ -35,11 +35,12 @@ def tabular():
     ("log_loss", 0.30, 0.40, True, "improves"),  # lower is better
     ("log_loss", 0.45, 0.40, False, "does not improve"),
     ("roc_auc", float("nan"), 0.80, False, "no finite"),
-    ("roc_auc", None, None, False, "no finite"),
+    ("roc_auc", None, None, True, "first version (its roc_auc is undefined)"),
+    ("roc_auc", 0.70, float("nan"), True, "champion has no finite"),
 ])  # fmt: skip
 def test_decision_rule(metric, challenger, champion, promoted, why) -> None:
-    d = decide(metric, 0.001, "2", challenger, None if champion is None and why == "first version" or
-               challenger is None else "1", champion)
+    champion_version = None if why.startswith("first version") else "1"
+    d = decide(metric, 0.001, "2", challenger, champion_version, champion)
     assert d.promoted is promoted and why in d.reason
     tags = d.tags()
     assert tags["decision.promoted"] == str(promoted).lower() and "at least 0.001" in tags["decision.rule"]
