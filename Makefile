@@ -59,6 +59,10 @@ schedule: venv ## Prefect server on 127.0.0.1 (if none runs) + the retraining de
 prefect-ui: ## where to watch retraining runs
 	@echo "Prefect UI: http://$(HOST):$(PREFECT_PORT)  (started by 'make schedule')"
 
+.PHONY: bench
+bench: venv ## time-to-accuracy: the reference loops vs torchcycle, side by side (benchmarks/results/)
+	$(BIN)/python benchmarks/bench_training.py
+
 lint: venv ## ruff
 	$(BIN)/ruff check src tests pipelines dashboards benchmarks
 

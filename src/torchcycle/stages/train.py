@@ -26,6 +26,7 @@ from torchcycle.training.loop import fit
 from torchcycle.training.reproducibility import configure_threads, seed_everything
 
 OVERFIT_LOSS = 0.05  # "about zero" for the overfit-a-few-batches sanity mode
+OVERFIT_MIN_EPOCHS = 200
 
 
 class MlflowEpochLogger:
@@ -126,7 +127,8 @@ def overfit_check(params: Params, cfg, task: str, root: Path, progress: bool) ->
     train = load_split(paths, "train")
     schema = read_json(paths.schema)
     model = build_model(model_spec(cfg, schema, train.inputs))
-    tcfg = cfg.train.model_copy(update={"label_smoothing": 0.0})
+    # an "epoch" here is one pass over the few batches, so give it enough passes to memorise them
+    tcfg = cfg.train.model_copy(update={"label_smoothing": 0.0, "epochs": max(cfg.train.epochs, OVERFIT_MIN_EPOCHS)})
     result = fit(model, train, train.take(cfg.train.overfit_batches * cfg.train.batch_size), tcfg,
                  n_classes=len(schema["classes"]), seed=params.seed, progress=progress)
     first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]

@@ -49,10 +49,10 @@ class TensorData:
                 idx = order[start : start + batch_size]
                 yield tuple(t[idx] for t in self.inputs), self.y[idx]
 
-    def take(self, n: int) -> "TensorData":
+    def take(self, n: int) -> TensorData:
         return TensorData(tuple(t[:n] for t in self.inputs), self.y[:n])
 
-    def to(self, device: torch.device) -> "TensorData":
+    def to(self, device: torch.device) -> TensorData:
         return TensorData(tuple(t.to(device) for t in self.inputs), self.y.to(device))
 
 
@@ -425,7 +425,7 @@ class _Progress:
         self.epochs, self.steps, self.enabled = epochs, steps, enabled
         self._progress: Any = None
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -456,6 +456,6 @@ class _Progress:
                 f"val_accuracy {logs['val_accuracy']:.4f}  {monitor} {logs[monitor]:.4f}  lr {logs['lr']:.2e}"
             )
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)

@@ -84,7 +84,9 @@ def run(params: Params, task: str, root: Path, trials: int | None = None, output
         cfg = apply_overrides(base, over)
         seed_everything(params.seed)
         model = build_model(model_spec(cfg, schema, train.inputs))
-        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+        parent_exp = mlflow.active_run().info.experiment_id  # children go to the parent's experiment
+        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, experiment_id=parent_exp,
+                              tags={"task": task, "stage": "tune-trial"}):
             mlflow.log_params({**values, "trial": trial.number})
             start = time.perf_counter()
             try:
