@@ -1,15 +1,23 @@
 """End to end: the real `dvc repro` on both built-in tasks (shrunken), the MLflow runs it leaves in the
-SQLite store, a no-op second run, granular re-runs, experiments, and a DVC remote round trip."""
+SQLite store, explanations, the ONNX export, the model registry with `torchcycle predict` and
+`mlflow models serve`, a no-op second run, granular re-runs, experiments, and a DVC remote round trip."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import socket
 import subprocess
+import time
+import urllib.request
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from tests.integration.conftest import Project
+from tests.integration.conftest import BIN, Project
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +28,8 @@ METRIC_KEYS = {"accuracy", "balanced_accuracy", "precision_macro", "recall_macro
 def reproduced(project: Project) -> Project:
     proc = project.run("dvc", "repro")
     assert "Running stage 'evaluate@mnist'" in proc.stdout
+    for stage in ("explain", "export", "register"):
+        assert f"Running stage '{stage}@adult'" in proc.stdout and f"Running stage '{stage}@mnist'" in proc.stdout
     project.commit("first run")
     return project
 
@@ -73,6 +83,149 @@ def test_mlflow_holds_one_run_per_task_with_everything(reproduced: Project) -> N
         assert run.data.tags["data_version_raw"] and run.data.tags["data_version_processed"]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
         assert "figures/roc.png" in artifacts
+
+
+# --------------------------------------------------------------------------- explain, export, register
+def _client(project: Project):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{project.root / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _json(project: Project, rel: str) -> dict:
+    return json.loads((project.root / rel).read_text())
+
+
+def test_explain_outputs(reproduced: Project) -> None:
+    adult = reproduced.root / "reports" / "adult" / "explain"
+    summary = json.loads((adult / "summary.json").read_text())
+    assert summary["rows"] == 150 and summary["additivity_error"] < 1e-3
+    values = pd.read_parquet(adult / "shap_values.parquet")
+    assert len(values) == 150
+    assert {"test_index", "actual", "predicted", "proba.>50K", "value.education", "shap.education"} <= set(values)
+    assert not any(c.startswith("shap.education_") for c in values)  # summed back to the original column
+    shap_cols = [c for c in values if c.startswith("shap.")]
+    total = values[shap_cols].sum(axis=1) + values["expected_value"]
+    np.testing.assert_allclose(total, values["model_output"], atol=1e-3)
+    for name in ("importance.png", "beeswarm.png"):
+        assert (adult / name).read_bytes()[:4] == b"\x89PNG"
+    assert any("misclassified" in p.name for p in (adult / "local").iterdir())
+
+    mnist = reproduced.root / "reports" / "mnist" / "explain"
+    with np.load(mnist / "gradcam.npz") as cams:
+        assert cams["class_average"].shape == (10, 28, 28)
+        assert cams["maps"].shape[1:] == (28, 28) and len(cams["maps"]) == len(cams["actual"]) > 0
+        assert 0.0 <= cams["maps"].min() and cams["maps"].max() <= 1.0
+    assert (mnist / "overlays_correct.png").exists() and (mnist / "class_average.png").exists()
+
+
+def test_export_parity_and_benchmark(reproduced: Project) -> None:
+    for task in ("adult", "mnist"):
+        report = _json(reproduced, f"reports/{task}/export.json")
+        for key in ("parity", "parity_from_raw_input"):
+            assert report[key]["passed"] and report[key]["max_abs_diff"] <= 1e-4
+            assert report[key]["class_mismatches"] == 0
+        assert report["benchmark"]["batch1"]["onnxruntime_ms"] > 0 and report["benchmark"]["batch256"]["speedup"] > 0
+        assert (reproduced.root / "exports" / task / "model.onnx").stat().st_size > 1000
+    metrics = reproduced.run("dvc", "metrics", "show", "--json").stdout
+    assert "reports/adult/export.json" in metrics
+
+
+def test_registry_aliases_tags_and_run(reproduced: Project) -> None:
+    client = _client(reproduced)
+    for task in ("adult", "mnist"):
+        name = f"torchcycle-{task}"
+        champion = client.get_model_version_by_alias(name, "champion")
+        challenger = client.get_model_version_by_alias(name, "challenger")
+        assert champion.version == challenger.version
+        assert champion.tags["decision.promoted"] == "true" and champion.tags["decision.reason"] == "first version"
+        report = _json(reproduced, f"reports/{task}/registry.json")
+        assert report["version"] == str(champion.version) and report["decision"]["promoted"]
+        run_id = _json(reproduced, f"models/{task}/mlflow_run.json")["run_id"]
+        assert champion.run_id == run_id  # the same run as training
+        run = client.get_run(run_id)
+        assert "onnx_parity_max_abs_diff" in run.data.metrics and "test_roc_auc" in run.data.metrics
+        logged = {a.path for folder in ("torch_state_dict", "explain", "export", "registry")
+                  for a in client.list_artifacts(run_id, folder)}
+        assert {"torch_state_dict/model.pt", "torch_state_dict/signature.json", "explain/summary.json",
+                "export/export.json", "registry/registry.json"} <= logged
+
+
+def test_predict_cli_uses_the_champion(reproduced: Project, tmp_path) -> None:
+    raw = pd.read_parquet(reproduced.root / "data" / "raw" / "adult" / "test.parquet").head(5)
+    raw.drop(columns="income").to_csv(tmp_path / "rows.csv", index=False)
+    reproduced.run("torchcycle", "predict", "--task", "adult", "--input", str(tmp_path / "rows.csv"),
+                "--output", str(tmp_path / "preds.csv"))
+    preds = pd.read_csv(tmp_path / "preds.csv")
+    assert len(preds) == 5 and set(preds["predicted"]) <= {"<=50K", ">50K"}
+    np.testing.assert_allclose(preds[["proba_<=50K", "proba_>50K"]].sum(axis=1), 1.0, atol=1e-5)
+
+    raw.drop(columns=["income", "age"]).to_csv(tmp_path / "bad.csv", index=False)
+    bad = reproduced.run("torchcycle", "predict", "--task", "adult", "--input", str(tmp_path / "bad.csv"), check=False)
+    assert bad.returncode == 2 and "missing column(s) ['age']" in bad.stderr and "Traceback" not in bad.stderr
+
+    images = sorted((reproduced.root / "data" / "raw" / "mnist" / "images").rglob("*.png"))[:3]
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i, f in enumerate(images):
+        (folder / f"{i}.png").write_bytes(f.read_bytes())
+    out = reproduced.run("torchcycle", "predict", "--task", "mnist", "--input", str(folder)).stdout
+    assert len(out.strip().splitlines()) == 1 + 3 and out.startswith("path,predicted,proba_0")
+    (folder / "broken.png").write_bytes(b"not a png")
+    bad = reproduced.run("torchcycle", "predict", "--task", "mnist", "--input", str(folder / "broken.png"), check=False)
+    assert bad.returncode == 2 and "broken.png: cannot be decoded as an image" in bad.stderr
+
+
+def test_re_registering_the_same_model_never_moves_the_champion(reproduced: Project) -> None:
+    client = _client(reproduced)
+    before = client.get_model_version_by_alias("torchcycle-adult", "champion").version
+    reproduced.run("dvc", "repro", "--force", "--single-item", "register@adult")
+    report = _json(reproduced, "reports/adult/registry.json")
+    assert report["version"] != str(before) and not report["decision"]["promoted"]
+    assert report["decision"]["champion_score_source"] == "recorded on the same test split"
+    assert client.get_model_version_by_alias("torchcycle-adult", "champion").version == before
+    assert str(client.get_model_version_by_alias("torchcycle-adult", "challenger").version) == report["version"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_on_localhost(reproduced: Project) -> None:
+    port = _free_port()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DO_NOT_TRACK": "true",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_TRACKING_URI": f"sqlite:///{reproduced.root / 'mlflow.db'}"}
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/torchcycle-adult@champion", "--env-manager",
+         "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=reproduced.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the model server did not come up"
+                time.sleep(0.5)
+        with np.load(reproduced.root / "data" / "processed" / "adult" / "test.npz") as z:
+            body = {"inputs": {"x_num": z["x_num"][:3].tolist(), "x_cat": z["x_cat"][:3].tolist()}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+        served = np.asarray(answer["predictions"]["probabilities"])
+        from torchcycle.serving import Predictor
+
+        expected = Predictor(reproduced.root / "exports" / "adult" / "model.onnx").proba_records(
+            pd.read_parquet(reproduced.root / "data" / "raw" / "adult" / "test.parquet").head(3))
+        np.testing.assert_allclose(served, expected, atol=1e-5)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def test_second_repro_is_a_no_op(reproduced: Project) -> None:
