@@ -41,6 +41,10 @@ test: venv browser ## the whole test suite (what CI runs)
 test-fast: venv ## unit tests only (no end-to-end runs)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+serve: venv ## the registry's champion as a REST server on 127.0.0.1 (TASK=adult, SERVE_PORT=5001)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(BIN)/mlflow models serve \
+		-m models:/torchcycle-$(or $(TASK),adult)@champion --env-manager local -h $(HOST) -p $(or $(SERVE_PORT),5001)
+
 mlflow: venv ## MLflow UI on the project's store, on 127.0.0.1
 	$(BIN)/mlflow ui --host $(HOST) --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlflow.db \
 		--default-artifact-root ./mlartifacts --workers 1

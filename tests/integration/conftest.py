@@ -62,6 +62,9 @@ def shrink(params: dict) -> dict:
     params["mnist"]["source"]["max_images"] = 300
     for task in ("adult", "mnist"):
         params[task]["train"]["epochs"] = 2
+    params.setdefault("explain", {}).update(max_rows=150, background_rows=40, local_examples=2, examples_per_class=1)
+    # timings on a busy test machine are reported, not gated (the floor is checked on the real run)
+    params.setdefault("export", {}).update(benchmark_repeats=20, min_speedup=0)
     return params
 
 
