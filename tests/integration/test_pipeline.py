@@ -172,9 +172,7 @@ def test_predict_cli_uses_the_champion(reproduced: Project, tmp_path) -> None:
         (folder / f"{i}.png").write_bytes(f.read_bytes())
     out = reproduced.run("torchcycle", "predict", "--task", "mnist", "--input", str(folder)).stdout
     assert len(out.strip().splitlines()) == 1 + 3 and out.startswith("path,predicted,proba_0")
-    (folder / "broken.png").write_bytes(b"not a png")
-    bad = reproduced.run("torchcycle", "predict", "--task", "mnist", "--input", str(folder / "broken.png"), check=False)
-    assert bad.returncode == 2 and "broken.png: cannot be decoded as an image" in bad.stderr
+    # an unreadable image is the same PredictionInputError (tests/unit/test_export_serving.py)
 
 
 def test_re_registering_the_same_model_never_moves_the_champion(reproduced: Project) -> None:
