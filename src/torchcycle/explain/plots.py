@@ -82,6 +82,7 @@ def waterfall(values: np.ndarray, expected: float, raw: pd.Series, title: str, t
         final = expected + sum(contrib)
         ax.axvline(final, color=PALETTE[7], linewidth=1, label=f"this row {final:.2f}")
         ax.set_yticks(range(len(labels)), labels=labels)
+        ax.margins(x=0.15)  # room for the value labels at both ends
         ax.set_xlabel(output_name)
         ax.set_title(title)
         ax.legend(loc="best")
