@@ -104,6 +104,7 @@ def main() -> None:
     from torchcycle.stages.export import machine
 
     tasks = data.tasks()
+    load_at_start = os.getloadavg()
     start = time.perf_counter()
     for task in tasks:  # warm-up: the first visit of each page loads libraries, models and stores
         for page in PAGES:
@@ -121,7 +122,7 @@ def main() -> None:
     worst = max(v["median_s"] for v in pages.values())
     result = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
+        "machine": {**machine(), "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()},
         "method": "streamlit.testing.v1.AppTest in one process; each render a fresh session after a warm-up",
         "warmup_s": warmup,
         "page_render": pages,

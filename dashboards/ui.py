@@ -129,3 +129,12 @@ def square(chart: alt.Chart) -> None:
 def pyplot(fig: Any) -> None:
     """A matplotlib Figure built by torchcycle's plot functions (no pyplot state involved)."""
     st.pyplot(fig)
+
+
+def png(fig: Any, dpi: int = 110) -> bytes:
+    """A figure as PNG bytes, so pages can cache the picture rather than redraw it on every visit."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()

@@ -3,6 +3,8 @@ and by correct/misclassified for image tasks. Explanations use the torch weights
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -46,10 +48,19 @@ def tabular() -> None:
     k = int(proba.argmax())
     status = "correct" if classes[k] == classes[int(y[row])] else "misclassified"
     st.markdown(f"Actual **{classes[int(y[row])]}**, {model.label} predicts **{classes[k]}** ({proba[k]:.1%}) — {status}.")
-    shap = explanations.local_shap(model, frame)
-    ui.pyplot(XP.waterfall(shap.values, shap.expected, frame.iloc[0][shap.columns], f"Test row {row}",
-                           output_name=shap.output_name))
+    st.image(waterfall_png(model.label, task, int(row)), width="stretch")
     st.dataframe(frame, hide_index=True)
+
+
+@st.cache_data(show_spinner="Explaining the row…", max_entries=64)
+def waterfall_png(label: str, task: str, row: int) -> bytes:
+    """Local SHAP picture of a test row for the served model (`label` names the version, so a new
+    champion gets new pictures)."""
+    served = data.served(task)
+    frame = data.raw_test(task)[0].iloc[[row]]
+    shap = explanations.local_shap(served, frame)
+    return ui.png(XP.waterfall(shap.values, shap.expected, frame.iloc[0][shap.columns], f"Test row {row}",
+                               output_name=shap.output_name))
 
 
 def beeswarm(values: pd.DataFrame, features: list[str]) -> alt.Chart:
@@ -81,7 +92,7 @@ def images() -> None:
     st.caption(f"{summary['method']} on layer `{summary['layer']}` of {summary['images']} test images; "
                "heat maps (cividis) mark where the evidence for the predicted class lies.")
     with st.expander("Average Grad-CAM per class", expanded=False):
-        ui.pyplot(XP.class_maps(cams["class_average"], classes))
+        st.image(class_maps_png(str(p.explain / "gradcam.npz"), data._stamp(p.explain / "gradcam.npz")))
     a, b = st.columns(2)
     cls = a.selectbox("Actual class", ["any", *classes], key="cam_class")
     kind = b.radio("Examples", ["correct", "misclassified"], horizontal=True, key="cam_kind")
@@ -93,16 +104,29 @@ def images() -> None:
     if not len(picked):
         st.info("No such examples among the explained images.")
         return
-    state = data.read(p.preprocessor)
-    from torchcycle.data.preprocess import load_image
-
-    files, _ = data.test_images(task)
+    overlays = overlay_images(task, data._stamp(p.explain / "gradcam.npz"))
     grid = st.columns(6)
     for n, j in enumerate(picked[:36]):
         i = int(cams["test_index"][j])
-        pixels = load_image(files[i], tuple(state["size"]), state["channels"])
-        grid[n % 6].image(explanations.overlay(pixels, cams["maps"][j]), width=110,
-                          caption=f"#{i}: {classes[actual[j]]} → {classes[predicted[j]]}")
+        grid[n % 6].image(overlays[j], width=110, caption=f"#{i}: {classes[actual[j]]} → {classes[predicted[j]]}")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def class_maps_png(path: str, stamp: float) -> bytes:
+    cams = data.read(Path(path))
+    return ui.png(XP.class_maps(cams["class_average"], [str(c) for c in cams["classes"]]))
+
+
+@st.cache_data(show_spinner="Drawing the overlays…", max_entries=8)
+def overlay_images(task: str, stamp: float) -> list[np.ndarray]:
+    """Every explained test image with its Grad-CAM map blended on top, in the order of gradcam.npz."""
+    from torchcycle.data.preprocess import load_image
+
+    paths = data.paths(task)
+    cams, state = data.read(paths.explain / "gradcam.npz"), data.read(paths.preprocessor)
+    files, _ = data.test_images(task)
+    return [explanations.overlay(load_image(files[int(i)], tuple(state["size"]), state["channels"]), m)
+            for i, m in zip(cams["test_index"], cams["maps"])]
 
 
 if data.tasks()[task] == "tabular":
