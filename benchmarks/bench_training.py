@@ -130,6 +130,7 @@ def seed_setup(task: str):
     """Tensors and model of the seed loop for `task`."""
     x_tr, y_tr, x_te, y_te = adult_data() if task == "adult" else mnist_data()
     xt, yt, xe, ye = map(torch.from_numpy, (x_tr, y_tr, x_te, y_te))
+    torch.manual_seed(0)  # the same initial weights in the child and in this process
     if task == "adult":
         return xt, yt, xe, ye, seed_adult_model(xt.shape[1]), 10
     return xt, yt, xe, ye, SeedCNN(), 8
@@ -235,6 +236,7 @@ def main() -> None:
             x_tr, y_tr, x_te, y_te = adult_data()
             d = x_tr.shape[1]
             xt, yt, xe, ye = map(torch.from_numpy, (x_tr, y_tr, x_te, y_te))
+            torch.manual_seed(0)
             seed_model, seed_epochs = seed_adult_model(d), 10
             train = TensorData((xt, torch.zeros(len(yt), 0, dtype=torch.long)), yt)
             test = TensorData((xe, torch.zeros(len(ye), 0, dtype=torch.long)), ye)
@@ -242,6 +244,8 @@ def main() -> None:
             def mlp(hidden: list[int]) -> Callable[[], nn.Module]:
                 return lambda: TabularMLP(d, [], 2, hidden, dropout=0.0, batch_norm=False)
 
+            adult_preset = {"epochs": 8, "batch_size": 512, "optimizer": "adamw", "lr": 1e-2,
+                            "scheduler": "onecycle", "onecycle_pct_start": 0.25}
             variants = {
                 "seed recipe, in-memory batches": (mlp([32]), dict(epochs=10, batch_size=64, optimizer="adam",
                                                                    lr=1e-3, scheduler="none")),
@@ -249,18 +253,14 @@ def main() -> None:
                                                           scheduler="none", num_threads=1)),
                 "batch 512 + one-cycle": (mlp([32]), dict(epochs=6, batch_size=512, optimizer="adam", lr=1e-2,
                                                           scheduler="onecycle")),
-                "speed preset": (mlp([64]), dict(epochs=4, batch_size=1024, optimizer="adamw", lr=2e-2,
-                                                 scheduler="onecycle", onecycle_pct_start=0.25)),
-                "speed preset + bf16": (mlp([64]), dict(epochs=4, batch_size=1024, optimizer="adamw", lr=2e-2,
-                                                        scheduler="onecycle", onecycle_pct_start=0.25,
-                                                        mixed_precision=True)),
-                "speed preset + torch.compile": (mlp([64]), dict(epochs=4, batch_size=1024, optimizer="adamw",
-                                                                 lr=2e-2, scheduler="onecycle",
-                                                                 onecycle_pct_start=0.25, compile=True)),
+                "speed preset": (mlp([64]), adult_preset),
+                "speed preset + bf16": (mlp([64]), {**adult_preset, "mixed_precision": True}),
+                "speed preset + torch.compile": (mlp([64]), {**adult_preset, "compile": True}),
             }  # fmt: skip
         else:
             x_tr, y_tr, x_te, y_te = mnist_data()
             xt, yt, xe, ye = map(torch.from_numpy, (x_tr, y_tr, x_te, y_te))
+            torch.manual_seed(0)
             seed_model, seed_epochs = SeedCNN(), 8
             train, test = TensorData((xt,), yt), TensorData((xe,), ye)
 
