@@ -20,8 +20,11 @@ from tests.integration.conftest import BIN, REPO, project_env
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
-PAGES = {"overview": "Champion", "experiments": "Compare runs", "model": "Misclassified test examples",
-         "explain": None, "predict": None, "data": "Validation"}
+# page path -> text that only appears once the page has run to its end (the overview is the default page: "")
+PAGES = {"": "Latest pipeline and retraining runs", "experiments": "Learning curves",
+         "model": "misclassified of", "explain": "Explain", "predict": "Predict", "data": "Validation"}
+LAST = {("explain", "adult"): "Explain one test row", ("explain", "mnist"): "Examples",
+        ("predict", "mnist"): "Upload a PNG or JPEG", ("experiments", "mnist"): "Pick at least two runs"}
 
 pytestmark = [
     pytest.mark.slow,
@@ -82,11 +85,12 @@ def visit(browser, url: str, path: str, task: str, expect: str | None, shots: Pa
     page.set_default_timeout(90_000)
     page.goto(f"{url}/{path}?task={task}")
     page.get_by_role("heading", level=1).first.wait_for()
-    if expect:
-        page.get_by_text(expect).first.wait_for()
+    page.get_by_text(LAST.get((path, task), expect)).first.wait_for()
+    if path == "explain":  # the SHAP waterfall of a row, or the Grad-CAM overlays
+        page.locator('[data-testid="stMain"] img >> visible=true').first.wait_for()
     settle(page)
     assert page.locator('[data-testid="stException"]').count() == 0, page.inner_text("body")[:2000]
-    page.screenshot(path=str(shots / f"{path}_{task}.png"), full_page=True)
+    page.screenshot(path=str(shots / f"{path or 'overview'}_{task}.png"), full_page=True)
     return page
 
 
@@ -98,12 +102,12 @@ def selected_task(page) -> str:
 
 
 def settle(page) -> None:
-    """Wait until the script run is over (the status widget says nothing is running)."""
-    page.wait_for_timeout(300)
+    """Wait until no spinner shows and every picture has loaded; charts draw a moment later."""
+    page.wait_for_timeout(500)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')?.innerText.includes('Running')"
-        " && !document.querySelector('[data-testid=\"stSpinner\"]')")
-    page.wait_for_timeout(500)  # charts draw after the script run ends
+        "() => !document.querySelector('[data-testid=\"stSpinner\"]')"
+        " && Array.from(document.images).filter(i => i.offsetParent).every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_timeout(1000)
 
 
 def test_every_page_in_a_real_browser(server: str, browser, tmp_path: Path) -> None:
