@@ -117,8 +117,8 @@ def heatmap(matrix: pd.DataFrame, title: str, normalise: bool) -> alt.Chart:
         text=alt.Text(f"{value}:Q", format=".0%" if normalise else "d"),
         color=alt.condition(alt.datum.share > 0.5, alt.value("black"), alt.value("white")),
     )
-    side = max(260, 34 * matrix["actual"].nunique())
-    return _finish((cells + text).properties(width=side), side)
+    step = alt.Step(90 if matrix["actual"].nunique() <= 4 else 42)  # square cells, sized per class
+    return _finish((cells + text).properties(width=step), step)
 
 
 def square(chart: alt.Chart) -> None:
