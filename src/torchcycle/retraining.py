@@ -32,7 +32,7 @@ def task_stages(root: Path, task: str) -> list[str]:
 
     with Repo(str(root)) as repo:
         graph = repo.index.graph
-        order = [s.addressing for s in reversed(list(nx.topological_sort(graph)))]
+        order = [s.name for s in reversed(list(nx.topological_sort(graph))) if getattr(s, "name", None)]
     return [name for name in order if name.endswith(f"@{task}")]
 
 
