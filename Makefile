@@ -18,7 +18,7 @@ export STREAMLIT_BROWSER_GATHER_USAGE_STATS := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help venv run test test-fast mlflow dashboard browser lint lock clean-venv
+.PHONY: help venv run test test-fast mlflow dashboard browser postgres image-smoke schedule prefect-ui lint lock clean-venv
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
@@ -33,9 +33,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 run: venv ## dvc repro: ingest, validate, preprocess, train and evaluate every task
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	$(BIN)/torchcycle metrics
 
-test: venv browser ## the whole test suite (what CI runs)
+test: venv browser postgres ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: venv ## unit tests only (no end-to-end runs)
@@ -56,6 +56,13 @@ dashboard: venv ## the Streamlit dashboard on 127.0.0.1:$(DASHBOARD_PORT)
 browser: ## Debian's chromium for the real-browser dashboard test (installed only when missing)
 	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+image-smoke: ## build the image with podman (no registry needed: local debootstrap base) and smoke-test it
+	deploy/build-offline.sh --smoke
+
+postgres: ## Debian's PostgreSQL server binaries for the team-mode tests (installed only when missing)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
 
 schedule: venv ## Prefect server on 127.0.0.1 (if none runs) + the retraining deployment on its cron schedule
 	PREFECT_PORT=$(PREFECT_PORT) $(BIN)/python -m pipelines.schedule

@@ -167,6 +167,55 @@ def predict(
     typer.secho(f"model: {info['name']} version {info['version']} (@{info['alias']})", err=True)
 
 
+@app.command("simulate-arrival")
+def simulate_arrival(
+    task: str,
+    slices: int = typer.Option(4, help="the held-back data is released in this many batches ('months')"),
+    params: Path = ParamsOption,
+) -> None:
+    """Drop the next batch of held-back real data into data/incoming/<task>/ for the retraining flow."""
+    from torchcycle.config import load_params
+    from torchcycle.data.batches import release_next
+    from torchcycle.errors import TorchcycleError
+
+    def go() -> tuple[int, list[Path]]:
+        load_params(params).task(task)
+        try:
+            return release_next(params.resolve().parent, task, slices)
+        except FileNotFoundError as exc:
+            raise TorchcycleError(str(exc)) from None
+
+    number, files = _run(go)
+    if not number:
+        typer.echo(f"all {slices} held-back batches of '{task}' have been released already")
+        return
+    typer.echo(f"released batch {number}/{slices} of '{task}': {len(files)} file(s) in data/incoming/{task}/")
+
+
+@app.command()
+def metrics(params: Path = ParamsOption) -> None:
+    """Headline test metrics of every task (the full set: `dvc metrics show`)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from torchcycle.config import load_params
+    from torchcycle.paths import TaskPaths
+
+    p = _run(lambda: load_params(params))
+    keys = ["accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss"]
+    table = Table("task", *keys, title="test split")
+    for name in p.tasks:
+        file = TaskPaths(name, params.resolve().parent).metrics
+        if not file.exists():
+            table.add_row(name, *["not run"] + [""] * (len(keys) - 1))
+            continue
+        m = json.loads(file.read_text())
+        table.add_row(name, *(f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "-" for k in keys))
+    Console().print(table)
+
+
 @app.command("check-params")
 def check_params(params: Path = ParamsOption) -> None:
     """Validate params.yaml and list the tasks it defines."""

@@ -41,6 +41,9 @@ class TabularSource(Strict):
     max_missing_fraction: float = Field(
         0.5, ge=0, le=1, description="a column with more missing values than this fails validation"
     )
+    holdback_rows: int = Field(
+        0, ge=0, description="training rows kept out of training and released by `torchcycle simulate-arrival`"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "TabularSource":
@@ -56,6 +59,9 @@ class ImageSource(Strict):
     path: str | None = Field(None, description="image folder <root>/<class>/<image>, relative to the project")
     extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg"])
     max_images: int | None = Field(None, ge=10, description="keep a stratified sample of at most this many images")
+    holdback_images: int = Field(
+        0, ge=0, description="images kept out of training and released by `torchcycle simulate-arrival`"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "ImageSource":
@@ -303,6 +309,20 @@ class TrackingConfig(Strict):
     log_figures: bool = True
 
 
+class RetrainConfig(Strict):
+    """Scheduled retraining (pipelines/): when to run, when new data is worth a retrain, retries."""
+
+    cron: str = Field("0 3 * * *", description="schedule of the retraining deployment (default nightly)")
+    deployment: str = "nightly-retrain"
+    min_new_samples: int = Field(500, ge=1, description="retrain once this many new rows/images are pending")
+    drift_share: float = Field(0.3, gt=0, le=1, description="retrain when this share of columns drifts")
+    psi_threshold: float = Field(0.2, gt=0)
+    p_value: float = Field(0.01, gt=0, lt=1)
+    retries: int = Field(1, ge=0, description="retries of a failing stage (transient failures)")
+    retry_delay_seconds: float = Field(5.0, ge=0, description="first retry delay; doubles each retry")
+    stage_retries: dict[str, int] = Field(default_factory=dict, description="per stage name, e.g. {train: 2}")
+
+
 class Params(Strict):
     seed: int = 42
     tasks: list[str] = Field(min_length=1)
@@ -310,6 +330,7 @@ class Params(Strict):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     task_configs: dict[str, TaskConfig] = Field(default_factory=dict)
 
     def task(self, name: str) -> TabularTask | ImageTask:
@@ -324,7 +345,7 @@ class Params(Strict):
 
 
 # --------------------------------------------------------------------------- loading
-_TOP_LEVEL = {"seed", "tasks", "tracking"}
+_TOP_LEVEL = {"seed", "tasks", "tracking", "retrain"}
 _TOP_LEVEL |= {"explain", "export", "registry"}  # sections of the explain/export/register stages
 TASK_SECTIONS = ("source", "split", "preprocess", "model", "train")
 

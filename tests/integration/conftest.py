@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def test_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def project_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -36,7 +36,7 @@ class Project:
     remote: Path
 
     def run(self, *args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run(args, cwd=cwd or self.root, env=test_env(), capture_output=True, text=True)
+        proc = subprocess.run(args, cwd=cwd or self.root, env=project_env(), capture_output=True, text=True)
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc

@@ -14,7 +14,7 @@ import pandas as pd
 
 from torchcycle.atomic import atomic_dir, write_json
 from torchcycle.config import ImageTask, Params, TabularTask
-from torchcycle.data import sources
+from torchcycle.data import batches, sources
 from torchcycle.data.validate import validate_images, validate_tabular
 from torchcycle.errors import DataValidationError
 from torchcycle.paths import TaskPaths
@@ -54,11 +54,35 @@ def _ingest_tabular(cfg: TabularTask, paths: TaskPaths, root: Path, seed: int) -
         cleaned = {k: _sample(df, src.target, src.max_rows, seed) for k, df in cleaned.items()}
         report.summary["sampled_rows"] = {k: len(df) for k, df in cleaned.items()}
     keep = roles.features + [roles.target]
+    holdback = None
+    if src.holdback_rows:
+        kept, held = _holdback_split(cleaned["train"][src.target].to_numpy(), src.holdback_rows, seed)
+        holdback, cleaned["train"] = cleaned["train"].iloc[held], cleaned["train"].iloc[kept]
+    stored = batches.stored_batches(root, paths.task)
+    if stored:
+        cleaned["train"] = pd.concat(
+            [cleaned["train"][keep], *(pd.read_parquet(p)[keep] for p in stored)], ignore_index=True
+        )
+        report.summary["batches"] = [batches.batch_id(p) for p in stored]
     with atomic_dir(paths.raw) as tmp:
         for split, df in cleaned.items():
             df[keep].to_parquet(tmp / f"{split}.parquet", index=False)
-        write_json(tmp / "data_report.json", _tabular_profile(cleaned, roles))
+        if holdback is not None:
+            holdback[keep].to_parquet(tmp / "holdback.parquet", index=False)
+        profile = _tabular_profile(cleaned, roles)
+        profile["batches"] = [batches.batch_id(p) for p in stored]
+        write_json(tmp / "data_report.json", profile)
     return report.to_dict()
+
+
+def _holdback_split(labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from torchcycle.data.preprocess import stratified_split
+
+    if n >= len(labels) // 2:
+        raise DataValidationError(
+            f"source.holdback asks for {n} of {len(labels)} training rows/images; keep it under half."
+        )
+    return stratified_split(labels, test_size=n, seed=seed)
 
 
 def _display(path: Path, root: Path) -> Path:
@@ -113,6 +137,15 @@ def _ingest_images(cfg: ImageTask, paths: TaskPaths, root: Path, seed: int) -> d
         report.raise_if_failed()
         if src.builtin is None:
             records = _subsample(records, src.max_images, seed)
+        if src.holdback_images:
+            kept, held = _holdback_split(np.array([r.label for r in records]), src.holdback_images, seed)
+            for i in held:
+                dest = tmp / "holdback" / records[i].path.relative_to(origin)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(records[i].path, dest)
+                if src.builtin:
+                    records[i].path.unlink()
+            records = [records[i] for i in kept]
         rel_paths = []
         for rec in records:
             rel = Path("images") / rec.path.relative_to(origin)
@@ -120,6 +153,17 @@ def _ingest_images(cfg: ImageTask, paths: TaskPaths, root: Path, seed: int) -> d
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(rec.path, tmp / rel)
             rel_paths.append(str(rel))
+        stored = batches.stored_batches(root, paths.task)
+        for batch in stored:
+            b_report, b_records = validate_images(batch, sources.scan_image_folder(batch, src.extensions),
+                                                  src.extensions)
+            for rec in b_records:
+                rel = Path("images") / rec.label / f"{batch.name}__{rec.path.name}"
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(rec.path, tmp / rel)
+                rel_paths.append(str(rel))
+                records.append(rec)
+        report.summary["batches"] = [batches.batch_id(p) for p in stored]
         pd.DataFrame({
             "path": rel_paths,
             "label": [r.label for r in records],
@@ -129,7 +173,7 @@ def _ingest_images(cfg: ImageTask, paths: TaskPaths, root: Path, seed: int) -> d
         }).to_csv(tmp / "manifest.csv", index=False)  # fmt: skip
         report.summary["root"] = str(Path("data/raw", paths.task, "images") if src.builtin else _display(origin, root))
         report.summary["source"] = str(_display(sources.builtin_file("mnist5k") if src.builtin else origin, root))
-        write_json(tmp / "data_report.json", {"kind": "image", **report.summary})
+        write_json(tmp / "data_report.json", {"kind": "image", **report.summary, "images": len(records)})
     return report.to_dict()
 
 
