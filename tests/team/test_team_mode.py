@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -40,30 +41,34 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+def _run_pg(cmd: list[str]) -> None:
+    proc = subprocess.run(_as_postgres_user(cmd), capture_output=True, text=True, cwd="/")
+    if proc.returncode != 0:
+        pytest.fail(f"{Path(cmd[0]).name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("pg")
+def postgres():
+    # not under pytest's tmp dir: that is private to root (0700), and PostgreSQL runs as `postgres`
+    base = Path(tempfile.mkdtemp(prefix="torchcycle-pg-"))
     data, sock = base / "data", base / "sock"
     sock.mkdir()
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
         shutil.chown(sock, "postgres")
-    subprocess.run(_as_postgres_user([_pg_bin("initdb"), "-D", str(data), "-U", "torchcycle", "--auth=trust",
-                                      "-E", "UTF8"]), check=True, capture_output=True)
+    _run_pg([_pg_bin("initdb"), "-D", str(data), "-U", "torchcycle", "--auth=trust", "-E", "UTF8"])
     port = _free_port()
     log = base / "postgres.log"
     if os.geteuid() == 0:
         log.touch()
         shutil.chown(log, "postgres")
-    subprocess.run(_as_postgres_user([
-        _pg_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start",
-        "-o", f"-h 127.0.0.1 -p {port} -k {sock}",
-    ]), check=True, capture_output=True)
-    subprocess.run(_as_postgres_user([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "torchcycle",
-                                      "mlflow"]), check=True, capture_output=True)
+    _run_pg([_pg_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start",
+             "-o", f"-h 127.0.0.1 -p {port} -k {sock}"])
+    _run_pg([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "torchcycle", "mlflow"])
     yield f"postgresql+psycopg2://torchcycle@127.0.0.1:{port}/mlflow"
     subprocess.run(_as_postgres_user([_pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
                    capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +138,7 @@ def test_two_clones_share_data_through_one_dvc_remote(tmp_path) -> None:
     a.commit("adult only")
     remote = tmp_path / "shared-remote"
     a.run("dvc", "remote", "add", "--local", "-f", "storage", str(remote))
-    a.run("dvc", "repro")
+    a.run("dvc", "repro", "evaluate@adult")  # the data and the metrics are what the clones share
     a.commit("first version")
     a.run("dvc", "push")
 
@@ -141,7 +146,7 @@ def test_two_clones_share_data_through_one_dvc_remote(tmp_path) -> None:
     subprocess.run(["git", "clone", "-q", str(a.root), str(b_root)], check=True)
     b = Project(b_root, remote)
     b.run("dvc", "remote", "add", "--local", "-f", "storage", str(remote))
-    b.run("dvc", "pull")
+    b.run("dvc", "pull", "--with-deps", "evaluate@adult")
     assert (b_root / "reports" / "adult" / "metrics.json").read_text() == \
         (a.root / "reports" / "adult" / "metrics.json").read_text()
 
@@ -149,13 +154,13 @@ def test_two_clones_share_data_through_one_dvc_remote(tmp_path) -> None:
     params = a.params()
     params["adult"]["source"]["max_rows"] = 500
     a.write_params(params)
-    a.run("dvc", "repro")
+    a.run("dvc", "repro", "evaluate@adult")
     a.commit("smaller sample")
     a.run("dvc", "push")
 
     b.run("git", "pull", "-q", str(a.root), "main")
-    b.run("dvc", "pull")
-    assert "up to date" in b.run("dvc", "status").stdout
+    b.run("dvc", "pull", "--with-deps", "evaluate@adult")
+    assert "up to date" in b.run("dvc", "status", "evaluate@adult").stdout
     metrics_a = json.loads((a.root / "reports" / "adult" / "metrics.json").read_text())
     # B reproduces from the pulled data: forcing train and evaluate gives the same metrics
     b.run("dvc", "repro", "--force", "--single-item", "train@adult")
