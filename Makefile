@@ -18,7 +18,7 @@ export STREAMLIT_BROWSER_GATHER_USAGE_STATS := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help venv run test test-fast mlflow dashboard browser postgres image-smoke schedule prefect-ui lint lock clean-venv
+.PHONY: help venv run test test-fast mlflow dashboard browser postgres image-smoke image-deps schedule prefect-ui lint lock clean-venv
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
@@ -57,8 +57,13 @@ browser: ## Debian's chromium for the real-browser dashboard test (installed onl
 	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
-image-smoke: ## build the image with podman (no registry needed: local debootstrap base) and smoke-test it
+image-smoke: image-deps ## build the image with podman (no registry needed: local debootstrap base) and smoke-test it
 	deploy/build-offline.sh --smoke
+
+image-deps: ## podman, runc and debootstrap from Debian (installed only when missing)
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends podman runc debootstrap; }
 
 postgres: ## Debian's PostgreSQL server binaries for the team-mode tests (installed only when missing)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \

@@ -248,7 +248,7 @@ def test_changing_one_task_learning_rate_reruns_only_its_training(reproduced: Pr
 
 
 def test_experiments_run_with_set_params_and_show(reproduced: Project) -> None:
-    reproduced.run("dvc", "exp", "run", "-S", "adult.train.lr=0.003", "-n", "faster-lr")
+    reproduced.run("dvc", "exp", "run", "-S", "adult.train.lr=0.003", "-n", "faster-lr", "evaluate@adult")
     shown = reproduced.run("dvc", "exp", "show", "--json").stdout
     assert "faster-lr" in shown
     assert "0.003" in shown
