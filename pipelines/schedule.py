@@ -61,20 +61,37 @@ def build_deployment(root: Path = ROOT):
     )
 
 
+def wait_for(api_url: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not _healthy(api_url):
+        if time.time() > deadline:
+            raise SystemExit(f"no Prefect server answers at {api_url}")
+        time.sleep(1)
+
+
 def main() -> None:
-    host = os.environ.get("PREFECT_HOST", "127.0.0.1")
-    port = int(os.environ.get("PREFECT_PORT", "4200"))
-    home = Path(os.environ.get("PREFECT_HOME", ROOT / ".prefect"))
-    os.environ.setdefault("PREFECT_API_URL", f"http://{host}:{port}/api")
-    os.environ["PREFECT_HOME"] = str(home)
-    server = ensure_server(host, port, home)
+    """With PREFECT_API_URL set, use that server (a team's, or the compose service); otherwise start a
+    local one on PREFECT_HOST:PREFECT_PORT (default 127.0.0.1:4200) unless it is already running."""
+    server = None
+    if os.environ.get("PREFECT_API_URL"):
+        api_url = os.environ["PREFECT_API_URL"].rstrip("/")
+        wait_for(api_url)
+    else:
+        host = os.environ.get("PREFECT_HOST", "127.0.0.1")
+        port = int(os.environ.get("PREFECT_PORT", "4200"))
+        home = Path(os.environ.get("PREFECT_HOME", ROOT / ".prefect"))
+        os.environ["PREFECT_HOME"] = str(home)
+        api_url = f"http://{host}:{port}/api"
+        server = ensure_server(host, port, home)
+        os.environ["PREFECT_API_URL"] = api_url
     # turn SIGTERM into the same clean shutdown as Ctrl-C
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     from prefect import serve
 
-    print(f"Prefect UI: http://{host}:{port}  (runs of '{build_deployment().name}' appear there)")
+    deployment = build_deployment()
+    print(f"Prefect UI: {api_url.removesuffix('/api')}  (runs of '{deployment.name}' appear there)")
     try:
-        serve(build_deployment(), pause_on_shutdown=False)
+        serve(deployment, pause_on_shutdown=False)
     except KeyboardInterrupt:
         pass
     finally:
