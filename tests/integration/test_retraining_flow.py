@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,22 +15,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.integration.conftest import Project, copy_project, project_env
+from tests.integration.conftest import Project, copy_project, free_port, project_env
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory):
     """`prefect server start` on 127.0.0.1, with its SQLite home in a temporary directory."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
+    port = free_port()
     env = project_env({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                     "PREFECT_UI_ENABLED": "false"})
     log = open(home / "server.log", "w")

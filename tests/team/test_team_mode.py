@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,15 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Project, copy_project, project_env
+from tests.integration.conftest import Project, copy_project, free_port, project_env
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin(name: str) -> str:
@@ -57,7 +50,7 @@ def postgres():
         shutil.chown(base, "postgres")
         shutil.chown(sock, "postgres")
     _run_pg([_pg_bin("initdb"), "-D", str(data), "-U", "torchcycle", "--auth=trust", "-E", "UTF8"])
-    port = _free_port()
+    port = free_port()
     log = base / "postgres.log"
     if os.geteuid() == 0:
         log.touch()
@@ -74,7 +67,7 @@ def postgres():
 @pytest.fixture(scope="module")
 def mlflow_server(postgres: str, tmp_path_factory: pytest.TempPathFactory):
     artifacts = tmp_path_factory.mktemp("mlflow-artifacts")
-    port = _free_port()
+    port = free_port()
     log = open(artifacts.parent / "mlflow-server.log", "w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),

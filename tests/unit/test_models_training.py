@@ -30,19 +30,7 @@ from torchcycle.training.loop import TensorData, fit, make_optimizer, predict_pr
 from torchcycle.training.reproducibility import seed_everything
 
 
-@pytest.fixture(autouse=True)
-def torch_globals():
-    """One intra-op thread (tiny tensors train far faster than with threads fighting over a few cores), and
-    the global settings seed_everything changes put back afterwards so other test modules are unaffected."""
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    rng_state = torch.random.get_rng_state()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    torch.random.set_rng_state(rng_state)
+pytestmark = pytest.mark.usefixtures("torch_globals")
 
 
 # --------------------------------------------------------------------------- helpers
