@@ -76,8 +76,11 @@ prefect-ui: ## where to watch retraining runs
 	@echo "Prefect UI: http://$(HOST):$(PREFECT_PORT)  (started by 'make schedule')"
 
 .PHONY: bench
-bench: venv ## time-to-accuracy: the reference loops vs torchcycle, side by side (benchmarks/results/)
+bench: venv ## training speed vs the reference loops, SHAP cost, torch vs ONNX Runtime (benchmarks/results/)
+	$(BIN)/dvc repro preprocess@adult preprocess@mnist
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_explain.py
+	$(BIN)/python benchmarks/bench_export.py
 
 lint: venv ## ruff
 	$(BIN)/ruff check src tests pipelines dashboards benchmarks

@@ -30,19 +30,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 ORIGINAL_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+# isort: off
 import torchcycle  # noqa: E402,F401  (sets OMP_WAIT_POLICY before torch loads OpenMP, as the CLI does)
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
+from torchcycle.config import EarlyStopping, TrainConfig  # noqa: E402
+from torchcycle.models.cnn import ImageCNN  # noqa: E402
+from torchcycle.models.mlp import TabularMLP  # noqa: E402
+from torchcycle.training.loop import TensorData, fit, predict_proba  # noqa: E402
+# isort: on
+
 DATA = ROOT / "src" / "torchcycle" / "datasets"
 RESULTS = ROOT / "benchmarks" / "results"
-
-from torchcycle.config import EarlyStopping, TrainConfig
-from torchcycle.models.cnn import ImageCNN
-from torchcycle.models.mlp import TabularMLP
-from torchcycle.training.loop import TensorData, fit, predict_proba
 
 ADULT_COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
                  "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week",
@@ -146,8 +147,8 @@ def seed_in_child(task: str) -> list[dict]:
         env["OMP_WAIT_POLICY"] = ORIGINAL_OMP_WAIT_POLICY
     env["PYTHONPATH"] = str(ROOT / "src")
     # torch (and its OpenMP runtime) loads before the bench imports torchcycle, so the policy stays as given
-    code = ("import torch, sys, json, runpy; sys.argv=['bench', '--seed-only', %r]; "
-            "runpy.run_path(%r, run_name='__main__')") % (task, str(Path(__file__).resolve()))
+    code = (f"import torch, sys, json, runpy; sys.argv=['bench', '--seed-only', {task!r}]; "
+            f"runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__main__')")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -241,18 +242,18 @@ def main() -> None:
             train = TensorData((xt, torch.zeros(len(yt), 0, dtype=torch.long)), yt)
             test = TensorData((xe, torch.zeros(len(ye), 0, dtype=torch.long)), ye)
 
-            def mlp(hidden: list[int]) -> Callable[[], nn.Module]:
+            def mlp(hidden: list[int], d: int = d) -> Callable[[], nn.Module]:
                 return lambda: TabularMLP(d, [], 2, hidden, dropout=0.0, batch_norm=False)
 
             adult_preset = {"epochs": 8, "batch_size": 512, "optimizer": "adamw", "lr": 1e-2,
                             "scheduler": "onecycle", "onecycle_pct_start": 0.25}
             variants = {
-                "seed recipe, in-memory batches": (mlp([32]), dict(epochs=10, batch_size=64, optimizer="adam",
-                                                                   lr=1e-3, scheduler="none")),
-                "seed recipe, 1 thread": (mlp([32]), dict(epochs=10, batch_size=64, optimizer="adam", lr=1e-3,
-                                                          scheduler="none", num_threads=1)),
-                "batch 512 + one-cycle": (mlp([32]), dict(epochs=6, batch_size=512, optimizer="adam", lr=1e-2,
-                                                          scheduler="onecycle")),
+                "seed recipe, in-memory batches": (mlp([32]), {"epochs": 10, "batch_size": 64, "optimizer": "adam",
+                                                                   "lr": 1e-3, "scheduler": "none"}),
+                "seed recipe, 1 thread": (mlp([32]), {"epochs": 10, "batch_size": 64, "optimizer": "adam", "lr": 1e-3,
+                                                          "scheduler": "none", "num_threads": 1}),
+                "batch 512 + one-cycle": (mlp([32]), {"epochs": 6, "batch_size": 512, "optimizer": "adam", "lr": 1e-2,
+                                                          "scheduler": "onecycle"}),
                 "speed preset": (mlp([64]), adult_preset),
                 "speed preset + bf16": (mlp([64]), {**adult_preset, "mixed_precision": True}),
                 "speed preset + torch.compile": (mlp([64]), {**adult_preset, "compile": True}),
@@ -267,15 +268,15 @@ def main() -> None:
             def cnn(channels: list[int], hidden: int, bn: bool = True) -> Callable[[], nn.Module]:
                 return lambda: ImageCNN(1, (28, 28), 10, channels, hidden=hidden, dropout=0.0, batch_norm=bn)
 
-            preset = dict(epochs=5, batch_size=128, optimizer="adamw", lr=1e-2, scheduler="onecycle",
-                          onecycle_pct_start=0.25)  # fmt: skip
+            preset = {"epochs": 5, "batch_size": 128, "optimizer": "adamw", "lr": 1e-2, "scheduler": "onecycle",
+                          "onecycle_pct_start": 0.25}  # fmt: skip
             variants = {
                 "seed recipe, in-memory batches": (cnn([32, 64], 128, bn=False),
-                                                   dict(epochs=8, batch_size=64, optimizer="adam", lr=1e-3,
-                                                        scheduler="none")),
+                                                   {"epochs": 8, "batch_size": 64, "optimizer": "adam", "lr": 1e-3,
+                                                        "scheduler": "none"}),
                 "seed recipe, channels-last": (cnn([32, 64], 128, bn=False),
-                                               dict(epochs=8, batch_size=64, optimizer="adam", lr=1e-3,
-                                                    scheduler="none", channels_last=True)),
+                                               {"epochs": 8, "batch_size": 64, "optimizer": "adam", "lr": 1e-3,
+                                                    "scheduler": "none", "channels_last": True}),
                 "batch 128 + one-cycle + BN": (cnn([32, 64], 128), preset),
                 "speed preset": (cnn([16, 32], 64), preset),
                 "speed preset + channels-last": (cnn([16, 32], 64), {**preset, "channels_last": True}),
@@ -325,16 +326,16 @@ def main() -> None:
 def markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = ["# Training speed: time to the seed loop's test accuracy", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}; "
+             (f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}; "
              f"load average at start {m['load_average_at_start'][0]:.2f}, at end "
-             f"{m.get('load_average_at_end', [float('nan')])[0]:.2f} (the cores were shared).", "",
+             f"{m.get('load_average_at_end', [float('nan')])[0]:.2f} (the cores were shared)."), "",
              "Training time only (evaluation after each epoch is off the clock). Ratio = torchcycle / seed.", ""]  # fmt: skip
     for task, e in r["tasks"].items():
         lines += [f"## {task}: target test accuracy {e['target_accuracy']:.4f}", "",
                   "| loop | time to target (s) | ratio vs seed | ratio vs seed with passive OpenMP | best test accuracy |",
                   "|---|---|---|---|---|",
-                  f"| seed (DataLoader, batch 64), as run by default | {e['seed']['time_to_target']:.2f} | 1 | - | "
-                  f"{max(c['test_accuracy'] for c in e['seed']['curve']):.4f} |"]  # fmt: skip
+                  (f"| seed (DataLoader, batch 64), as run by default | {e['seed']['time_to_target']:.2f} | 1 | - | "
+                  f"{max(c['test_accuracy'] for c in e['seed']['curve']):.4f} |")]  # fmt: skip
         sp = e.get("seed_passive_openmp")
         if sp and sp["time_to_target"] is not None:
             lines.append(f"| seed, same loop with OMP_WAIT_POLICY=PASSIVE | {sp['time_to_target']:.2f} | "

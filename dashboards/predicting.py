@@ -90,6 +90,6 @@ def image_pixels(name: str, blob: bytes, state: dict) -> np.ndarray:
     check_size(name, len(blob), MAX_IMAGE_BYTES)
     try:
         pixels = load_image(blob, tuple(state["size"]), state["channels"])
-    except Exception:  # noqa: BLE001 - undecodable, truncated or a decompression bomb: all the same here
+    except Exception:  # undecodable, truncated or a decompression bomb: all the same here
         raise PredictionInputError(f"{name} is not a readable PNG or JPEG image.") from None
     return pixels[None]

@@ -30,7 +30,7 @@ def ensure_server(host: str, port: int, home: Path, timeout: float = 90) -> subp
         return None
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    log = open(home / "server.log", "a")
+    log = open(home / "server.log", "a")  # noqa: SIM115 (the server writes to it for its lifetime)
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", host, "--port", str(port)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

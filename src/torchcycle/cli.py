@@ -4,8 +4,9 @@ commands that need them so that `torchcycle --help` starts fast."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import typer
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -46,7 +46,7 @@ class TabularSource(Strict):
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "TabularSource":
+    def _one_source(self) -> TabularSource:
         if (self.builtin is None) == (self.path is None):
             raise ValueError("set exactly one of `builtin` (adult) or `path` (a .csv or .parquet file)")
         return self
@@ -64,7 +64,7 @@ class ImageSource(Strict):
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ImageSource":
+    def _one_source(self) -> ImageSource:
         if (self.builtin is None) == (self.path is None):
             raise ValueError("set exactly one of `builtin` (mnist) or `path` (an image folder)")
         return self
@@ -126,8 +126,8 @@ class CNNConfig(Strict):
     residual: bool = Field(False, description="add a residual block (two convs + skip) after each conv stage")
 
 
-TabularModel = Annotated[Union[MLPConfig], Field(discriminator="name")]
-ImageModel = Annotated[Union[CNNConfig], Field(discriminator="name")]
+TabularModel = Annotated[MLPConfig, Field(discriminator="name")]
+ImageModel = Annotated[CNNConfig, Field(discriminator="name")]
 
 
 # --------------------------------------------------------------------------- training
@@ -202,7 +202,7 @@ class SearchDim(Strict):
     choices: list[Any] | None = None
 
     @model_validator(mode="after")
-    def _complete(self) -> "SearchDim":
+    def _complete(self) -> SearchDim:
         if self.type == "categorical" and not self.choices:
             raise ValueError("a categorical dimension needs `choices`")
         if self.type != "categorical" and (self.low is None or self.high is None or self.low > self.high):
@@ -216,6 +216,11 @@ class TuneConfig(Strict):
     trials: int = Field(20, ge=1)
     metric: Literal["val_loss", "val_accuracy", "val_roc_auc"] = "val_loss"
     epochs: int | None = Field(None, ge=1, description="epochs per trial; default: train.epochs")
+    prune_after: int | None = Field(
+        4, ge=1, description="stop a trial early when, after this many completed trials and a few epochs, its "
+        "best metric so far is worse than the median of earlier trials at the same epoch (Optuna's median "
+        "rule); null: every trial runs to the end",
+    )
     space: dict[str, SearchDim] = Field(
         default_factory=dict, description="dotted keys inside the task, e.g. model.dropout or train.lr"
     )
@@ -263,7 +268,7 @@ class ImageTask(Strict):
     _model_name = field_validator("model", mode="before")(_default_model_name("cnn"))
 
 
-TaskConfig = Annotated[Union[TabularTask, ImageTask], Field(discriminator="kind")]
+TaskConfig = Annotated[TabularTask | ImageTask, Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------- explain, export, register

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from torchcycle.atomic import atomic_dir, read_json, write_json
-from torchcycle.config import ImageTask, Params, TabularTask
+from torchcycle.config import Params, TabularTask
 from torchcycle.data import batches as B
 from torchcycle.errors import TorchcycleError
 
@@ -73,7 +73,7 @@ class Snapshot:
     lock: str | None
 
     @classmethod
-    def take(cls, root: Path) -> "Snapshot":
+    def take(cls, root: Path) -> Snapshot:
         lock = root / "dvc.lock"
         return cls(root, lock.read_text() if lock.exists() else None)
 

@@ -42,7 +42,7 @@ def test_stages_write_their_outputs(reproduced: Project) -> None:
     root = reproduced.root
     for task in ("adult", "mnist"):
         metrics = json.loads((root / "reports" / task / "metrics.json").read_text())
-        assert METRIC_KEYS <= metrics.keys()
+        assert metrics.keys() >= METRIC_KEYS
         assert 0.0 <= metrics["accuracy"] <= 1.0
         assert set(metrics["per_class"]) == set(json.loads((root / "models" / task / "model_config.json")
                                                            .read_text())["classes"])
@@ -116,7 +116,7 @@ def test_explain_outputs(reproduced: Project) -> None:
     with np.load(mnist / "gradcam.npz") as cams:
         assert cams["class_average"].shape == (10, 28, 28)
         assert cams["maps"].shape[1:] == (28, 28) and len(cams["maps"]) == len(cams["actual"]) > 0
-        assert 0.0 <= cams["maps"].min() and cams["maps"].max() <= 1.0
+        assert cams["maps"].min() >= 0.0 and cams["maps"].max() <= 1.0
     assert (mnist / "overlays_correct.png").exists() and (mnist / "class_average.png").exists()
 
 

@@ -73,8 +73,15 @@ def test_sigkill_mid_epoch_then_rerun_ends_bit_identical(root: Path):
     position = torch.load(checkpoint, weights_only=True)["position"]
     assert position["step"] > 0  # the kill came mid-epoch, after a step checkpoint
 
+    killed_run = torch.load(checkpoint, weights_only=True)["run_id"]
     out = sh(root, str(BIN / "torchcycle"), "train", "adult").stdout
     assert f"resumed from checkpoint at epoch {position['epoch']}" in out
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    killed = client.get_run(killed_run)
+    assert killed.info.status == "KILLED"  # not left RUNNING for ever
+    assert client.get_run(killed.data.tags["resumed_by"]).data.tags["resumed_from_run"] == killed_run
     resumed = weights(root)
     assert all(torch.equal(reference_w[k], resumed[k]) for k in reference_w)
     pd.testing.assert_frame_equal(curve(root), reference_curve, check_exact=True)
@@ -123,6 +130,8 @@ def test_overfit_check_and_search_command(root: Path):
     assert "after 2 trials" in proc.stdout
     best = yaml.safe_load((root / "reports" / "adult" / "tune" / "best_params.yaml").read_text())
     assert 0.0005 <= best["adult"]["train"]["lr"] <= 0.005
+    report = (root / "reports" / "adult" / "tune" / "report.md").read_text()
+    assert "torchcycle tune adult --trials 2" in report and report.count("| complete |") == 2
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")

@@ -68,7 +68,7 @@ def postgres():
 def mlflow_server(postgres: str, tmp_path_factory: pytest.TempPathFactory):
     artifacts = tmp_path_factory.mktemp("mlflow-artifacts")
     port = free_port()
-    log = open(artifacts.parent / "mlflow-server.log", "w")
+    log = open(artifacts.parent / "mlflow-server.log", "w")  # noqa: SIM115 (held by the server process)
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", postgres, "--artifacts-destination", str(artifacts), "--workers", "1"],

@@ -159,7 +159,7 @@ def test_default_layer_is_the_last_conv_and_unknown_names_list_the_choices() -> 
     model = ImageCNN(1, (16, 16), 3, [4, 6], batch_norm=True).eval()
     name, module = resolve_layer(model, None)
     assert name == model.last_conv_layer and isinstance(module, nn.Conv2d)
-    with pytest.raises(ValueError, match="features.0.0"):
+    with pytest.raises(ValueError, match=r"features\.0\.0"):
         resolve_layer(model, "conv9")
     x = torch.randn(4, 1, 16, 16)
     maps = grad_cam(model, x, [0, 1, 2, 0], layer="features.0.0")

@@ -4,6 +4,7 @@ with clear errors for bad input."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -116,7 +117,7 @@ def test_bad_records_name_the_problem(tabular, tmp_path) -> None:
         read_records(tmp_path / "x.txt")
     with pytest.raises(PredictionInputError, match="no such file"):
         read_records(tmp_path / "absent.csv")
-    with pytest.raises(PredictionInputError, match="image model|tabular model"):
+    with pytest.raises(PredictionInputError, match=r"image model|tabular model"):
         predictor.proba_pixels(np.zeros((1, 1, 12, 12), np.uint8))
 
 
@@ -133,7 +134,7 @@ def test_predictor_reads_image_files_and_folders(image, tmp_path) -> None:
     np.testing.assert_allclose(table[[f"proba_{c}" for c in "012"]].to_numpy(), expected, atol=1e-5)
 
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(PredictionInputError, match="broken.png: cannot be decoded as an image"):
+    with pytest.raises(PredictionInputError, match=r"broken\.png: cannot be decoded as an image"):
         predict_path(predictor, tmp_path / "broken.png")
     (tmp_path / "empty").mkdir()
     with pytest.raises(PredictionInputError, match="no image files"):
@@ -147,3 +148,38 @@ def test_benchmark_reports_both_runtimes(tabular) -> None:
     for batch in ("batch1", "batch256"):
         assert bench[batch]["torch_ms"] > 0 and bench[batch]["onnxruntime_ms"] > 0
         assert bench[batch]["speedup"] == pytest.approx(bench[batch]["torch_ms"] / bench[batch]["onnxruntime_ms"])
+
+
+def test_exported_tabular_graph_gathers_weight_columns_instead_of_building_one_hot(tabular) -> None:
+    import onnx
+
+    ops = {node.op_type for node in onnx.load_from_string(tabular[2]).graph.node}
+    assert "Gather" in ops and not ops & {"Equal", "OneHot"}, ops
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"hidden_sizes": [16, 8]},
+    {"hidden_sizes": []},
+    {"hidden_sizes": [16, 8], "residual": True, "batch_norm": True},
+    {"hidden_sizes": [16], "numeric_embedding": "periodic", "numeric_embedding_dim": 4, "periodic_frequencies": 3},
+    {"hidden_sizes": [16], "numeric_embedding": "ple", "numeric_embedding_dim": 4,
+     "numeric_bin_edges": [[-2.0, 0.0, 2.0], [-1.0, 1.0], [0.0, 0.5, 1.0, 3.0]]},
+])  # fmt: skip
+def test_gathered_first_layer_is_the_same_function_as_the_dense_one_hot(kwargs) -> None:
+    torch.manual_seed(0)
+    model = TabularMLP(3, [4, 2, 5], 3, **kwargs).eval()
+    x_num, x_cat = torch.randn(9, 3), torch.stack([torch.randint(0, c, (9,)) for c in (4, 2, 5)], dim=1)
+    with torch.inference_mode():
+        dense = model(x_num, x_cat)
+        gathered = model._forward_gathered(x_num, x_cat)
+    torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-6)
+
+
+def test_runtimes_are_timed_in_alternating_blocks() -> None:
+    calls: list[str] = []
+    times = X._time_side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                 min_repeats=40, min_seconds=0.0, blocks=4)
+    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+    timed = calls[10:]  # after 5 warm-up calls each
+    switches = sum(x != y for x, y in itertools.pairwise(timed))
+    assert timed.count("a") == timed.count("b") == 40 and switches == 7  # a b a b ... in blocks of ten

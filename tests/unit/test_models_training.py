@@ -29,7 +29,6 @@ from torchcycle.stages.preprocess import tabular_schema
 from torchcycle.training.loop import TensorData, fit, make_optimizer, predict_proba, validation_logs
 from torchcycle.training.reproducibility import seed_everything
 
-
 pytestmark = pytest.mark.usefixtures("torch_globals")
 
 

@@ -275,7 +275,7 @@ def test_load_image_rejects_corrupt_file_naming_it(tmp_path):
     path = tmp_path / "broken.png"
     path.write_bytes(b"garbage")
 
-    with pytest.raises(PredictionInputError, match="broken.png: cannot be decoded"):
+    with pytest.raises(PredictionInputError, match=r"broken\.png: cannot be decoded"):
         pp.load_image(path, size=(4, 4), channels=1)
 
 

@@ -3,6 +3,7 @@ accumulation, mixed precision, checkpoint/resume, inspection, overfit mode and t
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -24,7 +25,6 @@ from torchcycle.training.checkpoint import Checkpointer, params_key
 from torchcycle.training.inspection import activation_stats
 from torchcycle.training.loop import TensorData, fit, make_optimizer, make_scheduler
 from torchcycle.training.reproducibility import seed_everything
-
 
 pytestmark = pytest.mark.usefixtures("torch_globals")
 
@@ -93,7 +93,7 @@ def test_cosine_warms_up_linearly_then_decays_per_step():
     lrs = _lrs(cfg(scheduler="cosine", lr=0.1, epochs=4, warmup_epochs=1), steps_per_epoch=5)
     peak = lrs.index(max(lrs))
     assert peak == 5 and lrs[0] < lrs[1] < lrs[4] < lrs[5] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[5:]))
     assert lrs[-1] < 0.01
 
 
@@ -182,7 +182,8 @@ def _full_run(seed: int, checkpointer=None, callbacks=()):
 
 def test_same_params_and_seed_give_bit_identical_metrics_with_every_feature_on():
     (w1, r1), (w2, r2), (_, r3) = _full_run(5), _full_run(5), _full_run(6)
-    strip = lambda h: [{k: v for k, v in e.items() if k != "train_seconds"} for e in h]
+    def strip(h):
+        return [{k: v for k, v in e.items() if k != "train_seconds"} for e in h]
     assert strip(r1.history) == strip(r2.history)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     assert strip(r1.history) != strip(r3.history)
@@ -275,3 +276,25 @@ def test_search_suggests_from_the_declared_space_and_applies_validated_overrides
     with pytest.raises(ValueError, match="lr"):  # pydantic's ValidationError is a ValueError
         apply_overrides(task, {"train.lr": -1.0})
     assert math.isclose(task.train.lr, 1e-3)
+
+
+def test_search_prunes_a_trial_that_falls_behind_the_median():
+    import optuna
+
+    from torchcycle.tuning.search import PruningCallback
+
+    study = optuna.create_study(direction="minimize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1))
+
+    def objective(trial, losses):
+        cb = PruningCallback(trial, "val_loss", maximise=False)
+        for epoch, loss in enumerate(losses, start=1):
+            cb.on_epoch_end(epoch, {"val_loss": loss})
+        return cb.best
+
+    study.optimize(lambda t: objective(t, [0.9, 0.5, 0.3, 0.2]), n_trials=1)
+    study.optimize(lambda t: objective(t, [0.8, 0.6, 0.55, 0.5]), n_trials=1)  # behind at epoch 2
+    study.optimize(lambda t: objective(t, [0.7, 0.4, 0.25, 0.1]), n_trials=1)  # ahead: runs to the end
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "PRUNED", "COMPLETE"], states
+    assert max(study.trials[1].intermediate_values) == 2 and study.best_value == pytest.approx(0.1)

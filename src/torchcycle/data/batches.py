@@ -84,7 +84,7 @@ def validate_tabular_batch(arrival: Arrival, cfg: TabularTask, reference: pd.Dat
                         and c != src.target],
         "features": None, "drop": [c for c in df.columns if c not in reference.columns],
     })  # fmt: skip
-    report, cleaned, roles = validate_tabular({"train": (file, df)}, pinned, cfg.preprocess)
+    report, cleaned, _roles = validate_tabular({"train": (file, df)}, pinned, cfg.preprocess)
     if report.errors:
         return report, None
     batch = cleaned["train"][list(reference.columns)]

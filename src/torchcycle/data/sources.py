@@ -38,7 +38,7 @@ class TabularFrames:
 def load_adult() -> TabularFrames:
     """Both official Adult files, with the test file's header comment and label periods removed."""
     train_file, test_file = builtin_file("adult", "adult.data.gz"), builtin_file("adult", "adult.test.gz")
-    kw = dict(header=None, names=ADULT_COLUMNS, sep=r",\s*", engine="python", na_values=["?"])
+    kw = {"header": None, "names": ADULT_COLUMNS, "sep": r",\s*", "engine": "python", "na_values": ["?"]}
     train = pd.read_csv(train_file, **kw)
     test = pd.read_csv(test_file, skiprows=1, **kw)
     test["income"] = test["income"].str.rstrip(".")
@@ -57,7 +57,7 @@ def read_table(path: Path, *, sep: str = ",", na_values: list[str] | None = None
         )
     suffix = "".join(path.suffixes[-2:]).lower()
     try:
-        if suffix.endswith(".parquet") or suffix.endswith(".pq"):
+        if suffix.endswith((".parquet", ".pq")):
             return pd.read_parquet(path)
         if any(suffix.endswith(s) for s in (".csv", ".csv.gz", ".tsv", ".txt")):
             return pd.read_csv(path, sep=sep, na_values=na_values or [], keep_default_na=True,

@@ -233,7 +233,7 @@ def validate_images(root: Path, items: list[tuple[Path, str]], extensions: list[
     records: list[ImageRecord] = []
     exts = {e.lower() for e in extensions}
     class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    counts = {c: 0 for c in class_dirs}
+    counts = dict.fromkeys(class_dirs, 0)
     for path, label in items:
         if path.suffix.lower() not in exts:
             report.fail(

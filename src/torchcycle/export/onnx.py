@@ -124,17 +124,25 @@ def parity(reference: np.ndarray, candidate: np.ndarray, tolerance: float) -> di
     }
 
 
-def _time(fn: Callable[[], Any], min_repeats: int, min_seconds: float) -> float:
-    """Median seconds per call over blocks, after a warm-up."""
-    for _ in range(5):
-        fn()
-    samples, start, i = [], time.perf_counter(), 0
-    while i < min_repeats or time.perf_counter() - start < min_seconds:
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-        i += 1
-    return float(np.median(samples))
+def _time_side_by_side(
+    fns: dict[str, Callable[[], Any]], min_repeats: int, min_seconds: float, blocks: int = 10
+) -> dict[str, float]:
+    """Median seconds per call of each function, timed in alternating blocks after a warm-up, so
+    that a change of machine load touches every contender alike instead of whichever ran last."""
+    for fn in fns.values():
+        for _ in range(5):
+            fn()
+    per_block = max(min_repeats // blocks, 1)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start, done = time.perf_counter(), 0
+    while done < blocks or time.perf_counter() - start < min_seconds:
+        for name, fn in fns.items():
+            for _ in range(per_block):
+                t = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t)
+        done += 1
+    return {name: float(np.median(values)) for name, values in samples.items()}
 
 
 def benchmark(
@@ -175,8 +183,9 @@ def _benchmark(model: nn.Module, session: Any, inputs: tuple[torch.Tensor, ...],
                 wrapped(*rows)
 
         reps = repeats if batch == 1 else max(repeats // 10, 10)
-        t_torch = _time(eager, reps, min_seconds)
-        t_ort = _time(lambda feeds=feeds: session.run(None, feeds), reps, min_seconds)
+        times = _time_side_by_side({"torch": eager, "ort": lambda feeds=feeds: session.run(None, feeds)},
+                                   reps, min_seconds)
+        t_torch, t_ort = times["torch"], times["ort"]
         out[f"batch{batch}"] = {
             "torch_ms": t_torch * 1e3,
             "onnxruntime_ms": t_ort * 1e3,

@@ -27,7 +27,7 @@ class ImageCNN(nn.Module):
         blocks: list[nn.Module] = []
         c_in = in_channels
         h, w = image_size
-        for i, c_out in enumerate(channels):
+        for _i, c_out in enumerate(channels):
             block = [nn.Conv2d(c_in, c_out, kernel_size, padding="same", bias=not batch_norm)]
             if batch_norm:
                 block.append(nn.BatchNorm2d(c_out))

@@ -3,6 +3,8 @@ numeric columns, then an MLP."""
 
 from __future__ import annotations
 
+from itertools import islice
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -14,7 +16,9 @@ class CategoricalEncoder(nn.Module):
     """Turns integer category codes (0 = unseen) into a dense vector per row.
 
     With `embedding_dim == 0` each column is one-hot encoded (no parameters); otherwise each column
-    gets its own learned embedding table.
+    gets its own learned embedding table. The one-hot blocks are built in one vectorised op (codes
+    shifted by each column's offset, one multi-hot row), which gives the same vector as one one-hot per
+    column with a fraction of the operators: that matters at batch 1, eager or exported.
     """
 
     def __init__(self, cardinalities: list[int], embedding_dim: int = 0) -> None:
@@ -24,6 +28,8 @@ class CategoricalEncoder(nn.Module):
         self.embeddings = nn.ModuleList(
             nn.Embedding(card, embedding_dim) for card in cardinalities
         ) if embedding_dim > 0 else nn.ModuleList()
+        starts = [sum(self.cardinalities[:j]) for j in range(len(self.cardinalities))]
+        self.register_buffer("offsets", torch.tensor(starts, dtype=torch.long), persistent=False)
 
     @property
     def out_features(self) -> int:
@@ -36,9 +42,7 @@ class CategoricalEncoder(nn.Module):
             return x_cat.new_zeros((x_cat.shape[0], 0), dtype=torch.float32)
         if self.embedding_dim > 0:
             return torch.cat([emb(x_cat[:, j]) for j, emb in enumerate(self.embeddings)], dim=1)
-        return torch.cat(
-            [F.one_hot(x_cat[:, j], card).to(torch.float32) for j, card in enumerate(self.cardinalities)], dim=1
-        )
+        return F.one_hot(x_cat + self.offsets, self.out_features).sum(dim=1).to(torch.float32)
 
 
 class ResidualBlock(nn.Module):
@@ -112,7 +116,26 @@ class TabularMLP(nn.Module):
         return self.head(self.body(z))
 
     def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting() and self.categorical.embedding_dim == 0 and self.categorical.cardinalities:
+            return self._forward_gathered(x_num, x_cat)
         return self.forward_encoded(self.encode(x_num, x_cat))
+
+    def _forward_gathered(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
+        """The same function with the one-hot columns folded into the first layer: a one-hot vector
+        times a weight matrix is a lookup of that matrix's columns. Eager torch is fastest with the
+        dense form (one large GEMM); ONNX Runtime at batch 1 with this one (a handful of operators
+        instead of a one-hot construction, and a third less weight to read per row). The export
+        stage's parity check holds the two to the same probabilities."""
+        first = self.body[0] if len(self.body) else self.head
+        num = self.numeric(x_num) if self.numeric is not None else x_num
+        n = num.shape[1]
+        active = F.embedding(x_cat + self.categorical.offsets, first.weight[:, n:].t()).sum(dim=1)
+        h = F.linear(num, first.weight[:, :n], first.bias + active)
+        if not len(self.body):
+            return h
+        for layer in islice(self.body, 1, None):
+            h = layer(h)
+        return self.head(h)
 
 
 def _numeric_encoder(n_numeric, kind, dim, bin_edges, n_frequencies, sigma) -> nn.Module | None:

@@ -48,7 +48,7 @@ class PiecewiseLinearEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         enc = ((x.unsqueeze(-1) - self.lo) / self.width).clamp(0.0, 1.0)  # (N, F, B)
-        out = torch.einsum("nfb,fbd->nfd", enc, self.weight) + self.bias
+        out = _per_feature_linear(enc, self.weight) + self.bias
         return torch.relu(out).flatten(1)
 
 
@@ -66,5 +66,11 @@ class PeriodicEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = 2 * math.pi * self.frequencies * x.unsqueeze(-1)  # (N, F, K)
         enc = torch.cat([torch.cos(v), torch.sin(v)], dim=-1)
-        out = torch.einsum("nfk,fkd->nfd", enc, self.weight) + self.bias
+        out = _per_feature_linear(enc, self.weight) + self.bias
         return torch.relu(out).flatten(1)
+
+
+def _per_feature_linear(enc: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(N, F, K) x (F, K, D) -> (N, F, D): one batched matmul, which both eager torch and ONNX Runtime
+    run faster than the equivalent einsum."""
+    return torch.bmm(enc.transpose(0, 1), weight).transpose(0, 1)

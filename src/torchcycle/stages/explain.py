@@ -76,7 +76,7 @@ def _tabular(params: Params, paths: TaskPaths, model, classes: list[str]) -> tup
         table[f"proba.{name}"] = proba[:, c]
     table["expected_value"] = expected
     table["model_output"] = result.output[np.arange(len(idx)), k]
-    for j, name in enumerate(columns):
+    for name in columns:
         table[f"value.{name}"] = features[name].to_numpy()
     for j, name in enumerate(columns):
         table[f"shap.{name}"] = values[:, j]

@@ -53,7 +53,7 @@ def _ingest_tabular(cfg: TabularTask, paths: TaskPaths, root: Path, seed: int) -
     if src.max_rows:
         cleaned = {k: _sample(df, src.target, src.max_rows, seed) for k, df in cleaned.items()}
         report.summary["sampled_rows"] = {k: len(df) for k, df in cleaned.items()}
-    keep = roles.features + [roles.target]
+    keep = [*roles.features, roles.target]
     holdback = None
     if src.holdback_rows:
         kept, held = _holdback_split(cleaned["train"][src.target].to_numpy(), src.holdback_rows, seed)
@@ -155,7 +155,7 @@ def _ingest_images(cfg: ImageTask, paths: TaskPaths, root: Path, seed: int) -> d
             rel_paths.append(str(rel))
         stored = batches.stored_batches(root, paths.task)
         for batch in stored:
-            b_report, b_records = validate_images(batch, sources.scan_image_folder(batch, src.extensions),
+            _b_report, b_records = validate_images(batch, sources.scan_image_folder(batch, src.extensions),
                                                   src.extensions)
             for rec in b_records:
                 rel = Path("images") / rec.label / f"{batch.name}__{rec.path.name}"

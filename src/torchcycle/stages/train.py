@@ -83,7 +83,13 @@ def _train(params: Params, cfg, task: str, root: Path, progress: bool, ctx: dist
     import mlflow
 
     tags = {"task": task, "stage": "train", **mlflow_run.git_commit(root), **mlflow_run.data_version(task, root)}
+    interrupted = checkpointer.saved_run_id() if checkpointer is not None else None
     with mlflow_run.start_run(params, task, root, tags) as run:
+        if checkpointer is not None:
+            checkpointer.run_id = run.info.run_id
+        if interrupted:
+            mlflow_run.close_interrupted(interrupted, successor=run.info.run_id)
+            mlflow.set_tag("resumed_from_run", interrupted)
         mlflow.log_params(_flat(cfg.model_dump(exclude={"tune"}), prefix=""))
         mlflow.log_params({"seed": params.seed, "threads": threads, "train_rows": len(train), "val_rows": len(val),
                            "n_parameters": sum(p.numel() for p in model.parameters()), "world_size": ctx.world})

@@ -73,6 +73,20 @@ def start_run(params, task: str, root: Path, tags: dict[str, str]) -> Any:
     return run
 
 
+def close_interrupted(run_id: str, successor: str) -> None:
+    """A training killed mid-run leaves its run RUNNING for ever; the run that resumes its checkpoint
+    marks it KILLED and points to itself."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "resumed_by", successor)
+            client.set_terminated(run_id, status="KILLED")
+    except mlflow.exceptions.MlflowException:  # deleted or from another store: nothing to close
+        pass
+
+
 def save_run_info(paths: TaskPaths, run: Any, directory: Path | None = None) -> None:
     target = (directory / paths.run_info.name) if directory else paths.run_info
     write_json(target, {

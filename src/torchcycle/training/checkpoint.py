@@ -37,6 +37,7 @@ class Checkpointer:
     def __init__(self, directory: Path, key: str, every_steps: int = 0) -> None:
         self.directory, self.key, self.every_steps = Path(directory), key, every_steps
         self.path = self.directory / "checkpoint.pt"
+        self.run_id: str | None = None  # the tracking run that writes, so a resumed run can close it
 
     def load(self) -> dict[str, Any] | None:
         """The saved state when it was written for the same params and data, else None."""
@@ -51,7 +52,12 @@ class Checkpointer:
     def save(self, state: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.path) as tmp:
-            torch.save({"key": self.key, **state}, tmp)
+            torch.save({"key": self.key, "run_id": self.run_id, **state}, tmp)
+
+    def saved_run_id(self) -> str | None:
+        """The tracking run of an interrupted training that a resume would continue."""
+        state = self.load()
+        return state.get("run_id") if state else None
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -100,7 +100,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int =
     step (see PER_STEP_SCHEDULES), step and plateau once per epoch (plateau on the monitored metric)."""
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.scheduler == "cosine":
-        warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+        warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -387,7 +387,7 @@ def _snapshot(s: _State, model, optimizer, scheduler, scaler, shuffle_gen, augme
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng,
         "early_stopping": {"best_score": s.best_score, "best_epoch": s.best_epoch, "stale": s.stale,
-                           "stopped": s.stopped, "best_state": s.best_state},  # fmt: skip
+                           "stopped": s.stopped, "best_state": s.best_state},
         "history": s.history,
         "notes": s.notes,
         "inspections": s.inspections,

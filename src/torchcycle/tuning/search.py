@@ -2,7 +2,9 @@
 
 Trials only change params: each builds the model and trains it in memory on the processed splits that
 the pipeline already wrote (no DVC run per trial), and is tracked as an MLflow child run under one
-parent run. The best params are printed and written as YAML ready to paste into params.yaml.
+parent run. Trials that fall behind the median of earlier ones at the same epoch are pruned, which is
+what makes a search of image models affordable on a laptop. The best params are printed and written as
+YAML ready to paste into params.yaml, with a Markdown report of every trial.
 """
 
 from __future__ import annotations
@@ -19,6 +21,24 @@ from torchcycle.errors import ConfigError, TrainingError
 from torchcycle.paths import TaskPaths
 
 MAXIMISE = ("val_accuracy", "val_roc_auc")
+
+
+class PruningCallback:
+    """Reports the trial's best metric so far after every epoch and stops a trial Optuna would prune."""
+
+    def __init__(self, trial: Any, metric: str, maximise: bool) -> None:
+        self.trial, self.metric, self.maximise = trial, metric, maximise
+        self.best: float | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        import optuna
+
+        value = float(logs[self.metric])
+        if self.best is None or (value > self.best if self.maximise else value < self.best):
+            self.best = value
+        self.trial.report(self.best, epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.metric} {self.best:.5f} after {epoch} epochs is behind the median")
 
 
 def apply_overrides(task_cfg: Any, overrides: dict[str, Any]) -> Any:
@@ -89,11 +109,17 @@ def run(params: Params, task: str, root: Path, trials: int | None = None, output
                               tags={"task": task, "stage": "tune-trial"}):
             mlflow.log_params({**values, "trial": trial.number})
             start = time.perf_counter()
+            pruning = [PruningCallback(trial, tune.metric, direction == "maximize")] if tune.prune_after else []
             try:
-                result = fit(model, train, val, cfg.train, n_classes=n_classes, seed=params.seed, progress=False)
+                result = fit(model, train, val, cfg.train, n_classes=n_classes, seed=params.seed, progress=False,
+                             callbacks=pruning)
             except TrainingError as exc:  # a diverging point is a bad point, not a failed search
                 mlflow.set_tag("failure", str(exc))
                 raise optuna.TrialPruned(str(exc)) from None
+            except optuna.TrialPruned as exc:
+                mlflow.set_tag("pruned", str(exc))
+                mlflow.log_metrics({tune.metric: pruning[0].best, "seconds": time.perf_counter() - start})
+                raise
             best = result.history[result.best_epoch - 1]
             value = float(best[tune.metric])
             mlflow.log_metrics({tune.metric: value, "best_epoch": result.best_epoch,
@@ -106,9 +132,14 @@ def run(params: Params, task: str, root: Path, trials: int | None = None, output
     with mlflow_run.start_run(params, task, root, tags) as parent:
         mlflow.log_params({"trials": n_trials, "metric": tune.metric, "direction": direction, "threads": threads,
                            "space": json.dumps({k: v.model_dump(exclude_none=True) for k, v in tune.space.items()})})
-        study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=params.seed))
+        warmup = max(1, (tune.epochs or base.train.epochs) // 3)  # early epochs say little about the end
+        pruner = (optuna.pruners.MedianPruner(n_startup_trials=tune.prune_after, n_warmup_steps=warmup)
+                  if tune.prune_after else optuna.pruners.NopPruner())  # fmt: skip
+        study = optuna.create_study(direction=direction, pruner=pruner,
+                                    sampler=optuna.samplers.TPESampler(seed=params.seed))
         study.enqueue_trial({k: _encode(v) for k, v in _current(base, tune.space).items()})  # today's defaults
-        study.optimize(objective, n_trials=n_trials)
+        with _trial_progress(n_trials, tune.metric) as progress:
+            study.optimize(objective, n_trials=n_trials, callbacks=[progress])
         best_params = {k: (json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v)
                        for k, v in study.best_trial.params.items()}
         mlflow.log_metric(f"best_{tune.metric}", study.best_value)
@@ -120,12 +151,75 @@ def run(params: Params, task: str, root: Path, trials: int | None = None, output
         "best_trial": study.best_trial.number, "trials": len(study.trials), "best_params": best_params,
         "baseline_value": study.trials[0].value, "parent_run_id": parent.info.run_id,
         "command": f"torchcycle tune {task} --trials {n_trials}", "seed": params.seed,
-        "all_trials": [{"number": t.number, "value": t.value, "params": t.params, "state": t.state.name}
-                       for t in study.trials],
+        "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+        "all_trials": [_trial_record(t) for t in study.trials],
     }  # fmt: skip
     write_json(out_dir / "best_params.json", summary)
     write_text(out_dir / "best_params.yaml", _as_yaml(task, best_params))
+    write_text(out_dir / "report.md", report_markdown(summary))
     return {**summary, "output": str(out_dir / "best_params.yaml")}
+
+
+def _trial_record(t: Any) -> dict[str, Any]:
+    steps = t.intermediate_values
+    return {"number": t.number, "value": t.value, "params": t.params, "state": t.state.name,
+            "epochs_run": max(steps) if steps else None,
+            "value_when_stopped": steps[max(steps)] if steps else None}  # fmt: skip
+
+
+def report_markdown(summary: dict[str, Any]) -> str:
+    """How the search went, in a form that can be committed next to the params it produced."""
+    metric = summary["metric"]
+    ranked = sorted(summary["all_trials"], key=lambda t: (t["value"] is None, t["value"] or 0.0),
+                    reverse=summary["direction"] == "maximize")  # fmt: skip
+    if summary["direction"] == "maximize":  # completed first, best first; pruned trials last either way
+        ranked = [t for t in ranked if t["value"] is not None] + [t for t in ranked if t["value"] is None]
+    lines = [
+        f"# `{summary['command']}`", "",
+        (f"Optuna TPE (sampler seed {summary['seed']}) over `{summary['task']}.tune.space` in params.yaml, median "
+        f"pruning; trial 0 is the params.yaml values at the time. Objective: best {metric} of each run on the "
+        f"validation split. MLflow parent run `{summary['parent_run_id']}` (trials are its child runs)."), "",
+        f"- trials: {summary['trials']} ({summary['pruned']} pruned)",
+        f"- trial 0 (starting params): {metric} {_fmt(summary['baseline_value'])}",
+        f"- best: trial {summary['best_trial']}, {metric} {_fmt(summary['best_value'])}", "",
+        "Best params (`best_params.yaml` next to this file):", "", "```yaml",
+        *[f"{k}: {json.dumps(v)}" for k, v in summary["best_params"].items()], "```", "",
+        f"| trial | state | {metric} | epochs | params |", "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for t in ranked:
+        value = t["value"] if t["value"] is not None else t["value_when_stopped"]
+        lines.append(f"| {t['number']} | {t['state'].lower()} | {_fmt(value)} | {t['epochs_run'] or ''} | "
+                     f"{json.dumps(t['params'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.5f}"
+
+
+class _trial_progress:
+    """A rich progress bar over trials with the best value so far (an Optuna study callback)."""
+
+    def __init__(self, n_trials: int, metric: str) -> None:
+        self.n_trials, self.metric = n_trials, metric
+
+    def __enter__(self) -> _trial_progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("tune"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.description}"), transient=False)  # fmt: skip
+        self.task = self.progress.add_task("", total=self.n_trials)
+        self.progress.start()
+        return self
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        done = [t for t in study.trials if t.value is not None]
+        best = f"best {self.metric} {study.best_value:.5f} (trial {study.best_trial.number})" if done else ""
+        last = f"trial {trial.number} {trial.state.name.lower()}"
+        self.progress.update(self.task, advance=1, description=f"{best}; {last}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
 
 
 def _current(task_cfg: Any, space: dict) -> dict[str, Any]:
