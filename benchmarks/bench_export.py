@@ -61,14 +61,18 @@ def load(task: str) -> tuple[nn.Module, object, str]:
 
 
 def measure(model: nn.Module, test, kind: str, rounds: int, seconds: float) -> dict:
+    import onnx
+
     import torchcycle.export.onnx as X
 
-    session = X.ort_session(X.export_onnx(model, test.inputs, kind), threads=1)
+    blob = X.export_onnx(model, test.inputs, kind)
+    session = X.ort_session(blob, threads=1)
     parity = X.parity(X.torch_proba(model, test.inputs), X.run_session(session, tuple(t.numpy() for t in test.inputs)),
                       1e-4)
-    runs = [X.benchmark(model, session, test.inputs, repeats=2000, min_seconds=seconds, threads=1)
+    runs = [X.benchmark(model, session, test.inputs, repeats=1000, min_seconds=seconds, threads=1)
             for _ in range(rounds)]  # fmt: skip
-    out = {"parity_max_abs_diff": parity["max_abs_diff"], "rounds": runs}
+    out = {"parity_max_abs_diff": parity["max_abs_diff"], "onnx_nodes": len(onnx.load_from_string(blob).graph.node),
+           "rounds": runs}
     for batch in ("batch1", "batch256"):
         out[batch] = {key: float(np.median([r[batch][key] for r in runs]))
                       for key in ("torch_ms", "onnxruntime_ms", "speedup")}  # fmt: skip
@@ -110,14 +114,14 @@ def main() -> None:
         f"median of {args.rounds} rounds, torch and ONNX Runtime timed in alternating blocks. Floor: {FLOOR:g}x at batch 1."),
         "",
         ("| model | batch-1 torch ms | batch-1 ORT ms | batch-1 speed-up | batch-256 torch ms | batch-256 ORT ms "
-        "| batch-256 speed-up | parity max abs diff |"),
-        "|---|---|---|---|---|---|---|---|",
+        "| batch-256 speed-up | parity max abs diff | ONNX nodes |"),
+        "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for name, r in results.items():
         b1, b256 = r["batch1"], r["batch256"]
         lines.append(f"| {name} | {b1['torch_ms']:.3f} | {b1['onnxruntime_ms']:.3f} | {b1['speedup']:.2f}x | "
                      f"{b256['torch_ms']:.2f} | {b256['onnxruntime_ms']:.2f} | {b256['speedup']:.2f}x | "
-                     f"{r['parity_max_abs_diff']:.1e} |")
+                     f"{r['parity_max_abs_diff']:.1e} | {r['onnx_nodes']} |")
     write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -116,15 +116,19 @@ def run(params: Params, task: str, root: Path, trials: int | None = None, output
             except TrainingError as exc:  # a diverging point is a bad point, not a failed search
                 mlflow.set_tag("failure", str(exc))
                 raise optuna.TrialPruned(str(exc)) from None
-            except optuna.TrialPruned as exc:
+            except optuna.TrialPruned as exc:  # a finished run tagged `pruned`, not a failure
                 mlflow.set_tag("pruned", str(exc))
                 mlflow.log_metrics({tune.metric: pruning[0].best, "seconds": time.perf_counter() - start})
-                raise
-            best = result.history[result.best_epoch - 1]
-            value = float(best[tune.metric])
-            mlflow.log_metrics({tune.metric: value, "best_epoch": result.best_epoch,
-                                "seconds": time.perf_counter() - start,
-                                **{k: float(v) for k, v in best.items() if k.startswith("val_")}})  # fmt: skip
+                pruned = exc
+            else:
+                pruned = None
+                best = result.history[result.best_epoch - 1]
+                value = float(best[tune.metric])
+                mlflow.log_metrics({tune.metric: value, "best_epoch": result.best_epoch,
+                                    "seconds": time.perf_counter() - start,
+                                    **{k: float(v) for k, v in best.items() if k.startswith("val_")}})  # fmt: skip
+        if pruned is not None:
+            raise pruned
         return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
