@@ -13,13 +13,10 @@ Writes benchmarks/results/explain_adult.json with the machine it ran on and its 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 10.0
@@ -33,24 +30,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "explain_adult.json")
     args = parser.parse_args()
 
+    from common import machine_now, model_for
+
     from torchcycle.atomic import read_json, write_json
-    from torchcycle.config import load_params
     from torchcycle.explain.tabular import explain_tabular
-    from torchcycle.models.factory import build_model, model_spec
     from torchcycle.paths import TaskPaths
-    from torchcycle.stages.common import load_model, load_split
-    from torchcycle.stages.export import machine
+    from torchcycle.stages.common import load_split
 
     paths = TaskPaths("adult", ROOT)
     train, test = load_split(paths, "train"), load_split(paths, "test")
-    if paths.weights.exists():
-        model, _ = load_model(paths.models)
-        weights = "trained (models/adult)"
-    else:
-        torch.manual_seed(0)
-        model = build_model(model_spec(load_params(ROOT / "params.yaml").task("adult"), read_json(paths.schema),
-                                       train.inputs)).eval()
-        weights = "initial (no trained model found)"
+    model, weights = model_for("adult")
     state = read_json(paths.preprocessor)
     columns = [c["name"] for c in state["numeric"]] + [c["name"] for c in state["categorical"]]
     rng = np.random.default_rng(0)
@@ -77,8 +66,7 @@ def main() -> None:
         "additivity_error_max": float(max(errors)),
         "budget_s": BUDGET_S,
         "within_budget": bool(np.median(wall) < BUDGET_S),
-        "machine": {**machine(), "load_average_1m": os.getloadavg()[0], "torch": torch.__version__,
-                    "platform": platform.platform()},
+        "machine": machine_now(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
     write_json(args.out, record)

@@ -18,8 +18,6 @@ Writes benchmarks/results/export.json and export.md with the machine and its loa
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -40,24 +38,6 @@ class DenseFirstLayer(nn.Module):
 
     def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
         return self.model.forward_encoded(self.model.encode(x_num, x_cat))
-
-
-def load(task: str) -> tuple[nn.Module, object, str]:
-    from torchcycle.atomic import read_json
-    from torchcycle.config import load_params
-    from torchcycle.models.factory import build_model, model_spec
-    from torchcycle.paths import TaskPaths
-    from torchcycle.stages.common import load_model, load_split
-
-    paths = TaskPaths(task, ROOT)
-    test = load_split(paths, "test")
-    if paths.weights.exists():
-        model, _ = load_model(paths.models)
-        return model.eval(), test, f"trained (models/{task})"
-    torch.manual_seed(0)
-    train = load_split(paths, "train")
-    spec = model_spec(load_params(ROOT / "params.yaml").task(task), read_json(paths.schema), train.inputs)
-    return build_model(spec).eval(), test, "initial (no trained model found)"
 
 
 def measure(model: nn.Module, test, kind: str, rounds: int, seconds: float) -> dict:
@@ -86,12 +66,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "export.json")
     args = parser.parse_args()
 
+    from common import machine_now, model_for
+
     from torchcycle.atomic import write_json, write_text
-    from torchcycle.stages.export import machine
+    from torchcycle.paths import TaskPaths
+    from torchcycle.stages.common import load_split
 
     results, weights = {}, {}
     for task, kind in (("adult", "tabular"), ("mnist", "image")):
-        model, test, weights[task] = load(task)
+        model, weights[task] = model_for(task)
+        test = load_split(TaskPaths(task, ROOT), "test")
         results[task] = measure(model, test, kind, args.rounds, args.seconds)
         if kind == "tabular":
             results["adult (dense one-hot first layer)"] = measure(DenseFirstLayer(model), test, kind, args.rounds,
@@ -101,8 +85,7 @@ def main() -> None:
         "floor_batch1_speedup": FLOOR,
         "weights": weights,
         "results": results,
-        "machine": {**machine(), "load_average_1m": os.getloadavg()[0], "torch": torch.__version__,
-                    "platform": platform.platform()},
+        "machine": machine_now(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": ".venv/bin/python benchmarks/bench_export.py",
     }  # fmt: skip

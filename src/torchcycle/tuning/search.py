@@ -174,10 +174,8 @@ def _trial_record(t: Any) -> dict[str, Any]:
 def report_markdown(summary: dict[str, Any]) -> str:
     """How the search went, in a form that can be committed next to the params it produced."""
     metric = summary["metric"]
-    ranked = sorted(summary["all_trials"], key=lambda t: (t["value"] is None, t["value"] or 0.0),
-                    reverse=summary["direction"] == "maximize")  # fmt: skip
-    if summary["direction"] == "maximize":  # completed first, best first; pruned trials last either way
-        ranked = [t for t in ranked if t["value"] is not None] + [t for t in ranked if t["value"] is None]
+    sign = -1.0 if summary["direction"] == "maximize" else 1.0  # best first; trials without a value last
+    ranked = sorted(summary["all_trials"], key=lambda t: (t["value"] is None, sign * (t["value"] or 0.0)))
     lines = [
         f"# `{summary['command']}`", "",
         (f"Optuna TPE (sampler seed {summary['seed']}) over `{summary['task']}.tune.space` in params.yaml, median "
