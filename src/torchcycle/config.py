@@ -138,11 +138,14 @@ class EarlyStopping(Strict):
 
 
 class Augment(Strict):
-    """Random affine jitter of image batches (plain torch ops): a little shift and rotation."""
+    """Random jitter of image batches (plain torch ops): a little shift, rotation, zoom and elastic warp."""
 
     enabled: bool = False
     max_shift: float = Field(0.1, ge=0, lt=0.5, description="largest shift as a fraction of the image size")
     max_rotation: float = Field(10.0, ge=0, le=45, description="largest rotation in degrees")
+    max_scale: float = Field(0.0, ge=0, lt=0.5, description="largest zoom in or out, as a fraction (0.1: 0.9x to 1.1x)")
+    elastic_alpha: float = Field(0.0, ge=0, description="elastic warp strength in pixels; 0: off")
+    elastic_sigma: float = Field(4.0, gt=0, description="smoothness of the elastic warp (Gaussian std, pixels)")
 
 
 class Checkpointing(Strict):
@@ -186,6 +189,10 @@ class TrainConfig(Strict):
     overfit_batches: int = Field(0, ge=0, description="sanity mode: train on this many fixed batches only")
     monitor: Literal["val_loss", "val_accuracy", "val_roc_auc"] = "val_loss"
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    restore_best: bool = Field(
+        True, description="end with the weights of the best epoch by `monitor`; false keeps the last epoch's, "
+        "which suits schedules that anneal to a small learning rate (one-cycle, cosine)"
+    )
     checkpoint: Checkpointing = Field(default_factory=Checkpointing)
     inspect: Inspection = Field(default_factory=Inspection)
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")

@@ -192,6 +192,27 @@ def test_early_stopping_restores_the_best_weights():
     assert validation_logs(model, val, 2)["val_loss"] == pytest.approx(min(losses), abs=1e-6)
 
 
+def test_restore_best_off_keeps_the_last_epochs_weights():
+    g = torch.Generator().manual_seed(0)
+    train = numeric_data(torch.randn(64, 6, generator=g), torch.randint(0, 2, (64,), generator=g))
+    val = numeric_data(torch.randn(64, 6, generator=g), torch.randint(0, 2, (64,), generator=g))
+    kept = {}
+    for restore in (True, False):
+        torch.manual_seed(0)
+        model = small_mlp(6, 2)
+        cfg = train_cfg(epochs=20, batch_size=16, optimizer="adam", lr=0.003,
+                        early_stopping=EarlyStopping(enabled=False), restore_best=restore)  # fmt: skip
+        result = fit(model, train, val, cfg, n_classes=2, seed=0, progress=False)
+        kept[restore] = (result, validation_logs(model, val, 2)["val_loss"])
+
+    (best, best_loss), (last, last_loss) = kept[True], kept[False]
+    assert [h["val_loss"] for h in best.history] == [h["val_loss"] for h in last.history]  # same run
+    assert best.kept_epoch == best.best_epoch < 20 and last.kept_epoch == 20
+    assert best_loss == pytest.approx(best.history[best.best_epoch - 1]["val_loss"], abs=1e-6)
+    assert last_loss == pytest.approx(last.history[-1]["val_loss"], abs=1e-6)
+    assert last_loss > best_loss + 1e-3
+
+
 def test_weight_decay_applies_to_weights_but_not_biases_or_norms():
     model = TabularMLP(3, [4], 2, [8], batch_norm=True, embedding_dim=2)
     names = {id(p): n for n, p in model.named_parameters()}

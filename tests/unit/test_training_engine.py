@@ -20,7 +20,7 @@ from torchcycle.config import (
 )
 from torchcycle.models.cnn import ImageCNN
 from torchcycle.models.mlp import TabularMLP
-from torchcycle.training.augment import random_affine
+from torchcycle.training.augment import elastic_field, random_affine
 from torchcycle.training.checkpoint import Checkpointer, params_key
 from torchcycle.training.inspection import activation_stats
 from torchcycle.training.loop import TensorData, fit, make_optimizer, make_scheduler
@@ -129,6 +129,40 @@ def test_random_affine_is_identity_without_jitter_and_moves_pixels_with_it():
     assert torch.allclose(same, x, atol=1e-5)
     assert (moved - x).abs().max() > 0.3
     assert torch.equal(moved, again)  # replayable from the generator state
+
+
+def test_random_zoom_scales_content_about_the_centre_and_is_off_by_default():
+    x = torch.zeros(64, 1, 32, 32)
+    x[:, :, 12:20, 12:20] = 1.0  # an 8x8 square in the middle
+    area = lambda t: (t > 0.5).float().sum(dim=(1, 2, 3))  # noqa: E731
+    plain = random_affine(x, torch.Generator().manual_seed(0), max_shift=0.0, max_rotation=0.0)
+    zoomed = random_affine(x, torch.Generator().manual_seed(0), max_shift=0.0, max_rotation=0.0, max_scale=0.3)
+    assert torch.allclose(plain, x, atol=1e-5)
+    ratio = area(zoomed) / 64
+    assert ratio.min() < 0.8 and ratio.max() > 1.2  # both smaller and larger squares
+    assert (ratio > 0.7**2 - 0.15).all() and (ratio < 1.3**2 + 0.15).all()  # within 1 ± max_scale
+    rows = zoomed[:, 0].gt(0.5).any(dim=2).float()
+    centre = (rows * torch.arange(32)).sum(1) / rows.sum(1)
+    assert torch.allclose(centre, torch.full_like(centre, 15.5), atol=0.6)  # zoom about the centre
+    shift_only = random_affine(x, torch.Generator().manual_seed(1), max_shift=0.2, max_rotation=5.0)
+    same_draws = random_affine(x, torch.Generator().manual_seed(1), max_shift=0.2, max_rotation=5.0, max_scale=0.0)
+    assert torch.equal(shift_only, same_draws)  # runs without zoom replay the draws they always had
+
+
+def test_elastic_warp_is_a_smooth_field_scaled_by_alpha():
+    shape = torch.Size([16, 1, 28, 28])
+    field = lambda alpha, sigma: elastic_field(shape, torch.Generator().manual_seed(0), alpha, sigma) * 14  # noqa: E731 (pixels)
+    smooth, rough = field(30.0, 4.0), field(30.0, 0.5)
+    assert torch.allclose(field(60.0, 4.0), 2 * smooth)  # alpha scales the same draw
+    assert 0.3 < smooth.std() < 3.0 and smooth.abs().max() < 8  # a few pixels, not a scramble
+    step = lambda f: (f[:, 1:] - f[:, :-1]).abs().mean() / f.std()  # noqa: E731 (neighbour difference)
+    assert step(smooth) < 0.3 < step(rough)  # neighbours move together: a warp, not pixel noise
+    x = torch.zeros(shape)
+    x[:, :, 8:20, 12:16] = 1.0
+    warped = random_affine(x, torch.Generator().manual_seed(0), 0.0, 0.0, elastic_alpha=30.0)
+    assert (warped - x).abs().max() > 0.5
+    mass = warped.sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))
+    assert ((mass > 0.5) & (mass < 1.6)).all()  # strokes stretch and thin locally but survive
 
 
 def test_gradient_clipping_bounds_each_update():

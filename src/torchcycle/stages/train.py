@@ -104,14 +104,16 @@ def _train(params: Params, cfg, task: str, root: Path, progress: bool, ctx: dist
                   f"step {result.resumed_from['step']}")
         for note in result.notes:
             print(note)
-        mlflow.log_metrics({"best_epoch": result.best_epoch, f"best_{result.monitor}": result.best_score})
+        mlflow.log_metrics({"best_epoch": result.best_epoch, f"best_{result.monitor}": result.best_score,
+                            "kept_epoch": result.kept_epoch})
         history = pd.DataFrame(result.history)
         model.to("cpu")
         with atomic_dir(paths.models) as tmp:
             torch.save(model.state_dict(), tmp / "model.pt")
             write_json(tmp / "model_config.json", {
                 "task": task, "spec": spec, "classes": schema["classes"], "best_epoch": result.best_epoch,
-                "monitor": result.monitor, "best_score": result.best_score, "stopped_early": result.stopped_early,
+                "kept_epoch": result.kept_epoch, "monitor": result.monitor, "best_score": result.best_score,
+                "stopped_early": result.stopped_early,
             })  # fmt: skip
             mlflow_run.save_run_info(paths, run, directory=tmp)
         with atomic_dir(paths.training) as tmp:

@@ -67,6 +67,7 @@ class FitResult:
     best_score: float
     stopped_early: bool
     monitor: str
+    kept_epoch: int  # the epoch whose weights the model ends with (best_epoch unless restore_best is off)
     notes: list[str] = field(default_factory=list)
     resumed_from: dict[str, int] | None = None
     inspections: dict[int, dict[str, float]] = field(default_factory=dict)
@@ -333,22 +334,24 @@ def fit(
             bar.epoch_done(epoch, logs, monitor)
             if cfg.early_stopping.enabled and not cfg.overfit_batches and s.stale >= cfg.early_stopping.patience:
                 s.stopped = True
-                s.notes.append(
-                    f"early stopping at epoch {epoch}: {monitor} did not improve for {s.stale} epochs; "
-                    f"restored the weights of epoch {s.best_epoch}"
-                )
+                kept = f"restored the weights of epoch {s.best_epoch}" if cfg.restore_best else "kept the last weights"
+                s.notes.append(f"early stopping at epoch {epoch}: {monitor} did not improve for {s.stale} epochs; {kept}")
                 bar.note(s.notes[-1])
             s.epoch, s.step = epoch + 1, 0
             save(epoch + 1, 0, None)
-    if not cfg.overfit_batches:
+    kept_epoch = int(s.history[-1]["epoch"]) if s.history else 0
+    if cfg.restore_best and not cfg.overfit_batches:
         model.load_state_dict(s.best_state)
-    return FitResult(s.history, s.best_epoch, sign * s.best_score, s.stopped, monitor, s.notes, resumed, s.inspections)
+        kept_epoch = s.best_epoch
+    return FitResult(s.history, s.best_epoch, sign * s.best_score, s.stopped, monitor, kept_epoch, s.notes, resumed,
+                     s.inspections)
 
 
 def random_affine_on(x: torch.Tensor, generator: torch.Generator, aug) -> torch.Tensor:
     from torchcycle.training.augment import random_affine
 
-    return random_affine(x, generator, aug.max_shift, aug.max_rotation)
+    return random_affine(x, generator, aug.max_shift, aug.max_rotation, aug.max_scale, aug.elastic_alpha,
+                         aug.elastic_sigma)
 
 
 # --------------------------------------------------------------------------- resumable state

@@ -122,11 +122,11 @@ def run(params: Params, task: str, root: Path, trials: int | None = None, output
                 pruned = exc
             else:
                 pruned = None
-                best = result.history[result.best_epoch - 1]
-                value = float(best[tune.metric])
-                mlflow.log_metrics({tune.metric: value, "best_epoch": result.best_epoch,
+                kept = result.history[result.kept_epoch - 1]  # the epoch whose weights the model ends with
+                value = float(kept[tune.metric])
+                mlflow.log_metrics({tune.metric: value, "best_epoch": result.best_epoch, "kept_epoch": result.kept_epoch,
                                     "seconds": time.perf_counter() - start,
-                                    **{k: float(v) for k, v in best.items() if k.startswith("val_")}})  # fmt: skip
+                                    **{k: float(v) for k, v in kept.items() if k.startswith("val_")}})  # fmt: skip
         if pruned is not None:
             raise pruned
         return value
