@@ -189,6 +189,10 @@ class TrainConfig(Strict):
     overfit_batches: int = Field(0, ge=0, description="sanity mode: train on this many fixed batches only")
     monitor: Literal["val_loss", "val_accuracy", "val_roc_auc"] = "val_loss"
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="evaluate and keep an exponential moving average of the weights "
+        "(and batch-norm statistics), updated every optimiser step with this decay; 0: off"
+    )
     restore_best: bool = Field(
         True, description="end with the weights of the best epoch by `monitor`; false keeps the last epoch's, "
         "which suits schedules that anneal to a small learning rate (one-cycle, cosine)"

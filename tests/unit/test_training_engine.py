@@ -23,7 +23,7 @@ from torchcycle.models.mlp import TabularMLP
 from torchcycle.training.augment import elastic_field, random_affine
 from torchcycle.training.checkpoint import Checkpointer, params_key
 from torchcycle.training.inspection import activation_stats
-from torchcycle.training.loop import TensorData, fit, make_optimizer, make_scheduler
+from torchcycle.training.loop import TensorData, fit, make_optimizer, make_scheduler, validation_logs
 from torchcycle.training.reproducibility import seed_everything
 
 pytestmark = pytest.mark.usefixtures("torch_globals")
@@ -200,10 +200,26 @@ def test_augmented_residual_cnn_trains():
     assert r.history[-1]["val_accuracy"] >= 0.9
 
 
+def test_ema_keeps_and_validates_the_moving_average_of_the_weights():
+    data, val = tabular(), tabular(32, seed=1)
+    runs = {}
+    for decay in (0.0, 1e-12, 0.9):
+        seed_everything(0)
+        model = mlp()
+        c = cfg(epochs=5, batch_size=16, optimizer="adam", lr=0.05, ema_decay=decay, restore_best=False)
+        r = fit(model, data, val, c, n_classes=2, seed=0, progress=False)
+        runs[decay] = (model.state_dict(), r, model)
+    raw, tiny, ema = runs[0.0], runs[1e-12], runs[0.9]
+    assert all(torch.allclose(raw[0][k].float(), tiny[0][k].float(), atol=1e-6) for k in raw[0])  # decay→0: raw
+    assert any(not torch.allclose(raw[0][k].float(), ema[0][k].float(), atol=1e-3) for k in raw[0])
+    assert [h["train_loss"] for h in raw[1].history] == [h["train_loss"] for h in ema[1].history]  # same steps
+    assert validation_logs(ema[2], val, 2)["val_loss"] == pytest.approx(ema[1].history[-1]["val_loss"], abs=1e-6)
+
+
 # --------------------------------------------------------------------------- determinism, checkpoints
 FULL = {"epochs": 4, "batch_size": 8, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.01,
         "scheduler": "onecycle", "label_smoothing": 0.1, "grad_clip_norm": 1.0, "grad_accumulation": 2,
-        "augment": Augment(enabled=True)}
+        "augment": Augment(enabled=True, max_scale=0.1, elastic_alpha=10.0), "ema_decay": 0.9}
 
 
 def _full_run(seed: int, checkpointer=None, callbacks=()):

@@ -183,7 +183,8 @@ def fit(
     checkpointer: Any = None,
     dist: DistContext | None = None,
 ) -> FitResult:
-    """Train `model` in place; on return it holds the best weights seen on the validation split.
+    """Train `model` in place; on return it holds the best weights seen on the validation split (or the
+    last ones, with `restore_best` off; the moving average of the weights, with `ema_decay` on).
 
     With a `checkpointer` the full state is saved at every epoch end (and every
     `checkpointer.every_steps` optimiser steps) and a matching checkpoint is resumed, so an
@@ -212,13 +213,16 @@ def fit(
     augment = cfg.augment.enabled and is_image and not cfg.overfit_batches
     shuffle = not cfg.overfit_batches
 
+    ema = _ema_of(model, cfg.ema_decay) if cfg.ema_decay and not cfg.overfit_batches else None
+    evaluated = ema.module if ema is not None else model  # the weights that are validated and kept
+
     monitor = cfg.monitor
     sign = -1.0 if monitor.endswith("loss") else 1.0  # maximise sign * value
-    s = _State(best_state=copy.deepcopy(model.state_dict()))
+    s = _State(best_state=copy.deepcopy(evaluated.state_dict()))
     resumed = None
     saved = checkpointer.load() if checkpointer is not None else None
     if saved is not None:
-        s = _restore(saved, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen)
+        s = _restore(saved, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen, ema)
         resumed = {"epoch": s.epoch, "step": s.step}
 
     train_model: nn.Module = model
@@ -232,7 +236,7 @@ def fit(
     def save(next_epoch: int, next_step: int, order: torch.Tensor | None) -> None:
         if checkpointer is not None and ctx.is_main:
             s.epoch, s.step = next_epoch, next_step
-            checkpointer.save(_snapshot(s, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen, order))
+            checkpointer.save(_snapshot(s, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen, order, ema))
 
     bar = _Progress(cfg.epochs, steps, enabled=progress and ctx.is_main)
     with bar:
@@ -293,6 +297,8 @@ def fit(
 
                         grads = gradient_stats(model)
                     optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update_parameters(model)
                     s.opt_step += 1
                     if scheduler is not None and cfg.scheduler in PER_STEP_SCHEDULES:
                         scheduler.step()
@@ -308,7 +314,7 @@ def fit(
             lr = optimizer.param_groups[0]["lr"]
             logs: dict[str, float] = {"epoch": epoch, "train_loss": total / max(count, 1.0), "lr": lr,
                                       "train_seconds": s.seconds}  # fmt: skip
-            logs.update(validation_logs(model, val, n_classes))
+            logs.update(validation_logs(evaluated, val, n_classes))
             if scheduler is not None and cfg.scheduler == "step":
                 scheduler.step()
             elif scheduler is not None and cfg.scheduler == "plateau":
@@ -328,7 +334,7 @@ def fit(
                 score = -math.inf
             if score > s.best_score + cfg.early_stopping.min_delta or s.best_epoch == 0:
                 s.best_score, s.best_epoch, s.stale = score, epoch, 0
-                s.best_state = copy.deepcopy(model.state_dict())
+                s.best_state = copy.deepcopy(evaluated.state_dict())
             else:
                 s.stale += 1
             bar.epoch_done(epoch, logs, monitor)
@@ -340,6 +346,8 @@ def fit(
             s.epoch, s.step = epoch + 1, 0
             save(epoch + 1, 0, None)
     kept_epoch = int(s.history[-1]["epoch"]) if s.history else 0
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     if cfg.restore_best and not cfg.overfit_batches:
         model.load_state_dict(s.best_state)
         kept_epoch = s.best_epoch
@@ -376,7 +384,15 @@ class _State:
     inspections: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
-def _snapshot(s: _State, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen, order) -> dict:
+def _ema_of(model: nn.Module, decay: float) -> nn.Module:
+    """An exponential moving average of the weights and batch-norm statistics: a cheap ensemble over
+    the last few hundred steps, which usually generalises a little better than the raw weights."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _snapshot(s: _State, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen, order, ema=None) -> dict:
     rng = {"torch": torch.get_rng_state(), "shuffle": shuffle_gen.get_state(), "augment": augment_gen.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -385,6 +401,7 @@ def _snapshot(s: _State, model, optimizer, scheduler, scaler, shuffle_gen, augme
         "running": {"total": s.total, "count": s.count, "seconds": s.seconds},
         "order": order.cpu() if order is not None else None,
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "ema": {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()} if ema is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -397,8 +414,10 @@ def _snapshot(s: _State, model, optimizer, scheduler, scaler, shuffle_gen, augme
     }
 
 
-def _restore(saved: dict, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen) -> _State:
+def _restore(saved: dict, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen, ema=None) -> _State:
     model.load_state_dict(saved["model"])
+    if ema is not None:
+        ema.load_state_dict(saved["ema"])
     optimizer.load_state_dict(saved["optimizer"])
     if scheduler is not None and saved["scheduler"] is not None:
         scheduler.load_state_dict(saved["scheduler"])
