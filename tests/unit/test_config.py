@@ -58,7 +58,8 @@ def test_shipped_params_yaml_parses_with_its_values(shipped_raw):
     assert adult.model.hidden_sizes == shipped_raw["adult"]["model"]["hidden_sizes"]
     assert adult.source.positive_class == shipped_raw["adult"]["source"]["positive_class"]
     assert mnist.preprocess.size == tuple(shipped_raw["mnist"]["preprocess"]["size"])
-    assert mnist.train.early_stopping.patience == shipped_raw["mnist"]["train"]["early_stopping"]["patience"]
+    assert mnist.train.early_stopping.enabled == shipped_raw["mnist"]["train"]["early_stopping"]["enabled"]
+    assert mnist.train.augment.elastic_alpha == shipped_raw["mnist"]["train"]["augment"]["elastic_alpha"]
 
 
 def test_unknown_task_name_lookup_lists_the_defined_tasks():

@@ -216,6 +216,21 @@ def test_ema_keeps_and_validates_the_moving_average_of_the_weights():
     assert validation_logs(ema[2], val, 2)["val_loss"] == pytest.approx(ema[1].history[-1]["val_loss"], abs=1e-6)
 
 
+def test_ema_is_the_plain_mean_until_its_horizon_then_an_exponential_average():
+    from torchcycle.training.loop import _ema_of
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = _ema_of(model, decay=0.75)  # horizon: 1 / (1 - 0.75) = 4 steps
+    seen = []
+    for value in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):
+        model.weight.data.fill_(value)
+        ema.update_parameters(model)
+        seen.append(float(ema.module.weight))
+    assert seen[:4] == pytest.approx([1.0, 1.5, 2.0, 2.5])  # running means
+    assert seen[4] == pytest.approx(0.75 * 2.5 + 0.25 * 5.0)
+    assert seen[5] == pytest.approx(0.75 * seen[4] + 0.25 * 6.0)
+
+
 # --------------------------------------------------------------------------- determinism, checkpoints
 FULL = {"epochs": 4, "batch_size": 8, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.01,
         "scheduler": "onecycle", "label_smoothing": 0.1, "grad_clip_norm": 1.0, "grad_accumulation": 2,

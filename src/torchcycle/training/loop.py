@@ -386,10 +386,22 @@ class _State:
 
 def _ema_of(model: nn.Module, decay: float) -> nn.Module:
     """An exponential moving average of the weights and batch-norm statistics: a cheap ensemble over
-    the last few hundred steps, which usually generalises a little better than the raw weights."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    the last few hundred steps, which usually generalises a little better than the raw weights.
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    Until 1 / (1 - decay) steps have been averaged it is the plain mean of the steps so far, so a short
+    run (few steps per epoch, few epochs) is not dragged back towards its initial weights."""
+    from torch.optim.swa_utils import AveragedModel
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = int(n_averaged)
+        weight = 1 - min(decay, n / (n + 1))
+        for a, c in zip(averaged, current):
+            if a.is_floating_point():
+                a.lerp_(c, weight)
+            else:  # counters such as num_batches_tracked follow the model
+                a.copy_(c)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def _snapshot(s: _State, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen, order, ema=None) -> dict:
