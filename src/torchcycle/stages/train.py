@@ -122,7 +122,7 @@ def _train(params: Params, cfg, task: str, root: Path, progress: bool, ctx: dist
     if checkpointer is not None:
         checkpointer.clear()  # the model is written; a rerun with the same params starts afresh
     return {"run_id": run.info.run_id, "best_epoch": result.best_epoch, "best_score": result.best_score,
-            "resumed_from": result.resumed_from}  # fmt: skip
+            "kept_epoch": result.kept_epoch, "resumed_from": result.resumed_from}  # fmt: skip
 
 
 def overfit_check(params: Params, cfg, task: str, root: Path, progress: bool) -> dict:

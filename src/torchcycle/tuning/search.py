@@ -179,8 +179,9 @@ def report_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# `{summary['command']}`", "",
         (f"Optuna TPE (sampler seed {summary['seed']}) over `{summary['task']}.tune.space` in params.yaml, median "
-        f"pruning; trial 0 is the params.yaml values at the time. Objective: best {metric} of each run on the "
-        f"validation split. MLflow parent run `{summary['parent_run_id']}` (trials are its child runs)."), "",
+        f"pruning; trial 0 is the params.yaml values at the time. Objective: {metric} on the validation split of "
+        f"the weights each run ends with (its best epoch, or its last one with `restore_best: false`); a pruned "
+        f"trial shows its best value when it was stopped. MLflow parent run `{summary['parent_run_id']}` (trials are its child runs)."), "",
         f"- trials: {summary['trials']} ({summary['pruned']} pruned)",
         f"- trial 0 (starting params): {metric} {_fmt(summary['baseline_value'])}",
         f"- best: trial {summary['best_trial']}, {metric} {_fmt(summary['best_value'])}", "",
