@@ -79,7 +79,7 @@ def train(task: str, params: Path = ParamsOption,
                    f"{out['final_loss']:.4f} in {out['epochs']} epochs; {verdict}")
         raise typer.Exit(code=0 if out["reached_zero"] else 1)
     if out["run_id"] is not None:  # rank 0 (or a single process) reports
-        kept = out.get("kept_epoch", out["best_epoch"])
+        kept = out["kept_epoch"]
         which = f"best epoch {kept}" if kept == out["best_epoch"] else f"kept the last epoch's weights ({kept})"
         typer.echo(f"train@{task}: {which}, MLflow run {out['run_id']}")
 

@@ -345,12 +345,13 @@ def fit(
                 bar.note(s.notes[-1])
             s.epoch, s.step = epoch + 1, 0
             save(epoch + 1, 0, None)
-    kept_epoch = int(s.history[-1]["epoch"]) if s.history else 0
-    if ema is not None:
-        model.load_state_dict(ema.module.state_dict())
     if cfg.restore_best and not cfg.overfit_batches:
         model.load_state_dict(s.best_state)
         kept_epoch = s.best_epoch
+    else:
+        if ema is not None:
+            model.load_state_dict(ema.module.state_dict())
+        kept_epoch = int(s.history[-1]["epoch"]) if s.history else 0
     return FitResult(s.history, s.best_epoch, sign * s.best_score, s.stopped, monitor, kept_epoch, s.notes, resumed,
                      s.inspections)
 
