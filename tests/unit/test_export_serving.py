@@ -148,6 +148,13 @@ def test_benchmark_reports_both_runtimes(tabular) -> None:
     for batch in ("batch1", "batch256"):
         assert bench[batch]["torch_ms"] > 0 and bench[batch]["onnxruntime_ms"] > 0
         assert bench[batch]["speedup"] == pytest.approx(bench[batch]["torch_ms"] / bench[batch]["onnxruntime_ms"])
+        assert "rounds" not in bench[batch]
+    rounds = X.benchmark(model, X.ort_session(blob), inputs, repeats=10, min_seconds=0.01, rounds=3)
+    for batch in ("batch1", "batch256"):
+        runs = rounds[batch]["rounds"]
+        assert len(runs) == 3
+        for key in ("torch_ms", "onnxruntime_ms", "speedup"):
+            assert rounds[batch][key] == pytest.approx(np.median([r[key] for r in runs]))
 
 
 def test_exported_tabular_graph_gathers_weight_columns_instead_of_building_one_hot(tabular) -> None:
