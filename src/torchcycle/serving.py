@@ -67,8 +67,11 @@ class Predictor:
     def predict_records(self, frame: pd.DataFrame) -> pd.DataFrame:
         return self._table(self.proba_records(frame))
 
+    def predict_pixels(self, pixels: np.ndarray) -> pd.DataFrame:
+        return self._table(self.proba_pixels(pixels))
+
     def predict_images(self, files: list[Path]) -> pd.DataFrame:
-        table = self._table(self.proba_pixels(self.load_images(files)))
+        table = self.predict_pixels(self.load_images(files))
         table.insert(0, "path", [str(f) for f in files])
         return table
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -210,20 +211,45 @@ def test_mlflow_models_serve_answers_on_localhost(reproduced: Project) -> None:
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, "the model server did not come up"
                 time.sleep(0.5)
-        with np.load(reproduced.root / "data" / "processed" / "adult" / "test.npz") as z:
-            body = {"inputs": {"x_num": z["x_num"][:3].tolist(), "x_cat": z["x_cat"][:3].tolist()}}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})
-        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
-        served = np.asarray(answer["predictions"]["probabilities"])
         from torchcycle.serving import Predictor
 
-        expected = Predictor(reproduced.root / "exports" / "adult" / "model.onnx").proba_records(
-            pd.read_parquet(reproduced.root / "data" / "raw" / "adult" / "test.parquet").head(3))
-        np.testing.assert_allclose(served, expected, atol=1e-5)
+        # raw records, as they appear in the source file (the target column is ignored)
+        rows = pd.read_parquet(reproduced.root / "data" / "raw" / "adult" / "test.parquet").head(3)
+        body = {"dataframe_records": json.loads(rows.to_json(orient="records"))}
+        answer = _post_json(f"http://127.0.0.1:{port}/invocations", body)
+        served = pd.DataFrame(answer["predictions"])
+        expected = Predictor(reproduced.root / "exports" / "adult" / "model.onnx").predict_records(rows)
+        assert list(served.columns) == list(expected.columns)
+        np.testing.assert_allclose(served.iloc[:, 1:].to_numpy(float), expected.iloc[:, 1:].to_numpy(float), atol=1e-5)
+        assert (served["predicted"] == expected["predicted"]).all()
+
+        body["dataframe_records"][1]["age"] = "forty"
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            _post_json(f"http://127.0.0.1:{port}/invocations", body)
+        assert bad.value.code == 400
+        assert "column 'age', row 1: 'forty' is not a number" in json.loads(bad.value.read())["message"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def _post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(request, timeout=30).read())
+
+
+def test_registered_image_model_takes_image_files_through_pyfunc(reproduced: Project) -> None:
+    import mlflow.pyfunc
+
+    from torchcycle.serving import Predictor
+
+    files = sorted((reproduced.root / "data" / "raw" / "mnist" / "images").rglob("*.png"))[:3]
+    mlflow.set_tracking_uri(f"sqlite:///{reproduced.root / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{reproduced.root / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model("models:/torchcycle-mnist@champion").predict(
+        pd.DataFrame({"image": [f.read_bytes() for f in files]}))
+    expected = Predictor(reproduced.root / "exports" / "mnist" / "model.onnx").predict_images(files)
+    np.testing.assert_allclose(served.iloc[:, 1:].to_numpy(float), expected.iloc[:, 2:].to_numpy(float), atol=1e-5)
 
 
 def test_second_repro_is_a_no_op(reproduced: Project) -> None:

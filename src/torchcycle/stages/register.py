@@ -71,7 +71,7 @@ def run(params: Params, task: str, root: Path) -> dict:
     name = registered_name(task)
 
     with mlflow_run.reopen_run(params, paths, root) as run:
-        info = log_models(paths, predictor)
+        info = log_models(paths, predictor, inputs)
         client = MlflowClient()
         version, decision = registry.register_and_decide(
             client, name, info.model_uri, run.info.run_id, rc.metric, rc.margin, challenger_score, split_id,
@@ -96,24 +96,33 @@ def run(params: Params, task: str, root: Path) -> dict:
     return report
 
 
-def log_models(paths: TaskPaths, predictor: Any) -> Any:
-    """mlflow.onnx model (signature, small input example, pinned requirements: no slow inference of
-    requirements) plus the torch state_dict as plain artifacts with the same documentation."""
+def log_models(paths: TaskPaths, predictor: Any, inputs: pd.DataFrame | list[Path]) -> Any:
+    """The ONNX model as mlflow.onnx saves it, served on raw records (torchcycle.served_model), with a
+    signature and a small input example of raw records, and pinned requirements (no slow inference of
+    requirements); plus the torch state_dict as plain artifacts with a tensor signature of its own."""
     import mlflow
     import onnx
     import onnxruntime
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
-    example = _input_example(paths, predictor)
-    proba = predictor.session.run(None, example)[0]
-    signature = infer_signature(example, proba)
-    versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
-    info = mlflow.onnx.log_model(
-        onnx.load(str(paths.onnx_model)),
+    from torchcycle import served_model
+
+    raw = raw_example(predictor, inputs)
+    served = served_model.RawInputModel(predictor).predict(raw)
+    versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+                "pandas": pd.__version__}
+    if predictor.kind == "image":
+        import PIL
+
+        versions["pillow"] = PIL.__version__
+    info = Model.log(
+        None,  # artifact_path: deprecated in favour of name
         name="onnx",
-        signature=signature,
-        input_example=example,
+        flavor=served_model,
+        onnx_model=onnx.load(str(paths.onnx_model)),
+        signature=served_model.signature(predictor, raw, served),
+        input_example=raw,
         pip_requirements=[f"{k}=={v}" for k, v in versions.items()],
         onnx_execution_providers=["CPUExecutionProvider"],
         save_as_external_data=False,
@@ -121,6 +130,8 @@ def log_models(paths: TaskPaths, predictor: Any) -> Any:
     )  # fmt: skip
     import tempfile
 
+    example = _input_example(paths, predictor)
+    signature = infer_signature(example, predictor.session.run(None, example)[0])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "torch_state_dict"
         folder.mkdir()
@@ -137,6 +148,19 @@ def log_models(paths: TaskPaths, predictor: Any) -> Any:
         )
         mlflow.log_artifacts(str(folder), artifact_path="torch_state_dict")
     return info
+
+
+def raw_example(predictor: Any, inputs: pd.DataFrame | list[Path], rows: int = 2) -> pd.DataFrame:
+    """A few test rows as a client sends them: the model's columns (numbers as float, categories as
+    text), or image files' bytes."""
+    from torchcycle.served_model import IMAGE_COLUMN
+
+    if predictor.kind == "image":
+        return pd.DataFrame({IMAGE_COLUMN: [Path(f).read_bytes() for f in inputs[:rows]]})
+    numeric = [c["name"] for c in predictor.state["numeric"]]
+    categorical = [c["name"] for c in predictor.state["categorical"]]
+    frame = inputs[numeric + categorical].head(rows).reset_index(drop=True)
+    return frame.astype({**dict.fromkeys(numeric, "float64"), **dict.fromkeys(categorical, "object")})
 
 
 def _input_example(paths: TaskPaths, predictor: Any) -> dict[str, np.ndarray]:
