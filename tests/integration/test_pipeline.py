@@ -13,6 +13,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -151,6 +152,21 @@ def test_registry_aliases_tags_and_run(reproduced: Project) -> None:
                   for a in client.list_artifacts(run_id, folder)}
         assert {"torch_state_dict/model.pt", "torch_state_dict/signature.json", "explain/summary.json",
                 "export/export.json", "registry/registry.json"} <= logged
+        # the registered ONNX model: raw-record signature and example, pinned requirements, both flavours
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{reproduced.root / 'mlflow.db'}")
+        mlflow.set_registry_uri(f"sqlite:///{reproduced.root / 'mlflow.db'}")
+        model = mlflow.models.get_model_info(f"models:/{name}@champion")
+        assert model.flavors["python_function"]["loader_module"] == "torchcycle.served_model" and "onnx" in model.flavors
+        state = _json(reproduced, f"data/processed/{task}/preprocessor.json")
+        expected = ([c["name"] for c in state["numeric"] + state["categorical"]] if task == "adult" else ["image"])
+        assert model.signature.inputs.input_names() == expected
+        assert model.signature.outputs.input_names()[0] == "predicted"
+        folder = mlflow.artifacts.download_artifacts(f"models:/{name}@champion")
+        requirements = (Path(folder) / "requirements.txt").read_text()
+        assert "onnxruntime==" in requirements and "torchcycle==" in requirements
+        assert (Path(folder) / "serving_input_example.json").exists()
 
 
 def test_predict_cli_uses_the_champion(reproduced: Project, tmp_path) -> None:

@@ -110,8 +110,11 @@ def log_models(paths: TaskPaths, predictor: Any, inputs: pd.DataFrame | list[Pat
 
     raw = raw_example(predictor, inputs)
     served = served_model.RawInputModel(predictor).predict(raw)
-    versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-                "pandas": pd.__version__}
+    import torchcycle
+
+    # the pyfunc loader is torchcycle's own (served_model), so the served model needs it installed
+    versions = {"torchcycle": torchcycle.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "pandas": pd.__version__}
     if predictor.kind == "image":
         import PIL
 
@@ -151,16 +154,14 @@ def log_models(paths: TaskPaths, predictor: Any, inputs: pd.DataFrame | list[Pat
 
 
 def raw_example(predictor: Any, inputs: pd.DataFrame | list[Path], rows: int = 2) -> pd.DataFrame:
-    """A few test rows as a client sends them: the model's columns (numbers as float, categories as
-    text), or image files' bytes."""
+    """A few test rows as a client sends them: the model's columns as in the source file, or image files'
+    bytes."""
     from torchcycle.served_model import IMAGE_COLUMN
 
     if predictor.kind == "image":
         return pd.DataFrame({IMAGE_COLUMN: [Path(f).read_bytes() for f in inputs[:rows]]})
-    numeric = [c["name"] for c in predictor.state["numeric"]]
-    categorical = [c["name"] for c in predictor.state["categorical"]]
-    frame = inputs[numeric + categorical].head(rows).reset_index(drop=True)
-    return frame.astype({**dict.fromkeys(numeric, "float64"), **dict.fromkeys(categorical, "object")})
+    columns = [c["name"] for c in predictor.state["numeric"] + predictor.state["categorical"]]
+    return inputs[columns].head(rows).reset_index(drop=True)
 
 
 def _input_example(paths: TaskPaths, predictor: Any) -> dict[str, np.ndarray]:
