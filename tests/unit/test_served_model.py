@@ -45,8 +45,10 @@ def test_pyfunc_takes_raw_records_and_the_onnx_flavour_stays(tabular, tmp_path) 
     rows = raw_frame(5, seed=3)
     rows["age"] = rows["age"].astype(int)  # integers where the example had floats
     rows.loc[0, "hours"] = None  # a missing number: filled as in training
-    served = mlflow.pyfunc.load_model(str(tmp_path / "m")).predict(rows)
     expected = Predictor(blob).predict_records(rows)
+    rows["age"] = rows["age"].astype(object)
+    rows.loc[1, "age"] = str(rows.loc[1, "age"])  # numeric text
+    served = mlflow.pyfunc.load_model(str(tmp_path / "m")).predict(rows)
     assert list(served.columns) == ["predicted", "proba_no", "proba_yes"]
     np.testing.assert_allclose(served[["proba_no", "proba_yes"]], expected[["proba_no", "proba_yes"]], atol=1e-6)
     assert (served["predicted"] == expected["predicted"]).all()
