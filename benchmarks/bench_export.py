@@ -62,7 +62,8 @@ def measure(task: str, kind: str, variant: str, rounds: int, seconds: float) -> 
     bench = X.benchmark(model, session, test.inputs, repeats=1000, min_seconds=seconds, threads=1, rounds=rounds)
     parity = X.parity(X.torch_proba(model, test.inputs),
                       X.run_session(session, tuple(t.numpy() for t in test.inputs)), 1e-4)  # fmt: skip
-    after = X.benchmark(model, session, test.inputs, repeats=1000, min_seconds=seconds, threads=1, rounds=rounds)
+    after = X.benchmark(model, session, test.inputs, repeats=1000, min_seconds=seconds, threads=1, rounds=rounds,
+                        batches=(1,))
     return {"weights": weights, "parity_max_abs_diff": parity["max_abs_diff"],
             "onnx_nodes": len(onnx.load_from_string(blob).graph.node), **bench,
             "batch1_after_parity_pass": after["batch1"]}
