@@ -45,7 +45,7 @@ def check_new_data(root: Path, task_name: str, force: bool = False) -> dict[str,
     intake = R.take_in_arrivals(root, params, task_name)
     for bad in intake.quarantined:
         logger.warning("quarantined %s → %s: %s", bad["batch"], bad["where"], "; ".join(bad["errors"]))
-    pending, count = R.pending_samples(root, task_name)
+    pending, count = R.pending_samples(root, params, task_name)
     drift = None
     if pending:
         drift = R.drift_report(root, params, task_name, pending)

@@ -47,6 +47,9 @@ def _stage(module: str, task: str, params_file: Path, **kwargs: Any) -> Any:
     return _run(go)
 
 
+HEADLINE_METRICS = ("accuracy", "roc_auc", "f1_macro", "log_loss", "rmse", "mae", "r2", "interval_coverage")
+
+
 @app.command()
 def ingest(task: str, params: Path = ParamsOption) -> None:
     """Read and validate the task's source; write data/raw/<task>/ and the validation report."""
@@ -107,15 +110,16 @@ def tune(task: str, params: Path = ParamsOption,
 def evaluate(task: str, params: Path = ParamsOption) -> None:
     """Score the model on the test split; write reports/<task>/metrics.json, plots and figures."""
     m = _stage("evaluate", task, params)
-    typer.echo(f"evaluate@{task}: accuracy {m['accuracy']:.4f}  roc_auc {m['roc_auc']:.4f}  "
-               f"f1_macro {m['f1_macro']:.4f}  log_loss {m['log_loss']:.4f}")
+    shown = [f"{k} {m[k]:.4f}" for k in HEADLINE_METRICS if isinstance(m.get(k), (int, float))]
+    typer.echo(f"evaluate@{task}: " + "  ".join(shown))
 
 
 @app.command()
 def explain(task: str, params: Path = ParamsOption) -> None:
     """SHAP (tabular) or Grad-CAM (image) explanations of the test split; write reports/<task>/explain/."""
     s = _stage("explain", task, params)
-    extra = f"additivity error {s['additivity_error']:.1e}" if s["kind"] == "tabular" else f"layer {s['layer']}"
+    extra = (f"additivity error {s['additivity_error']:.1e}" if "additivity_error" in s
+             else f"layer {s.get('layer', '')}")
     typer.echo(f"explain@{task}: {s['method']} on {s.get('rows', s.get('images'))} test inputs in "
                f"{s['seconds']:.2f} s; {extra}")
 
@@ -125,7 +129,7 @@ def export(task: str, params: Path = ParamsOption) -> None:
     """ONNX export with a parity check on the test split and a runtime benchmark; write exports/<task>/."""
     r = _stage("export", task, params)
     b1 = r["benchmark"]["batch1"]
-    typer.echo(f"export@{task}: parity max |Δp| {r['parity']['max_abs_diff']:.1e}; batch-1 latency torch "
+    typer.echo(f"export@{task}: parity max |Δ| {r['parity']['max_abs_diff']:.1e}; batch-1 latency torch "
                f"{b1['torch_ms']:.3f} ms vs onnxruntime {b1['onnxruntime_ms']:.3f} ms ({b1['speedup']:.1f}x)")
 
 
@@ -147,16 +151,17 @@ def predict(
     alias: str = typer.Option("champion", help="registry alias to load"),
     params: Path = ParamsOption,
 ) -> None:
-    """Predict with the registry's champion of torchcycle-<task>: class and probability per input."""
+    """Predict with the registry's champion of torchcycle-<task>: a class with its probabilities, or a
+    number with its prediction interval, per input."""
     from torchcycle.config import load_params
 
     def go() -> tuple[Any, dict]:
-        from torchcycle.serving import load_registered, predict_path
+        from torchcycle.serving import load_registered
         from torchcycle.tracking.mlflow_run import configure
 
         configure(load_params(params), params.resolve().parent)
         predictor, info = load_registered(task, alias)
-        return predict_path(predictor, input), info
+        return predictor.predict_path(input), info
 
     table, info = _run(go)
     if output is None:
@@ -182,9 +187,11 @@ def simulate_arrival(
     from torchcycle.errors import TorchcycleError
 
     def go() -> tuple[int, list[Path]]:
-        load_params(params).task(task)
+        from torchcycle.kinds import kind_of
+
+        cfg = load_params(params).task(task)
         try:
-            return release_next(params.resolve().parent, task, slices)
+            return release_next(params.resolve().parent, task, slices, kind_of(cfg))
         except FileNotFoundError as exc:
             raise TorchcycleError(str(exc)) from None
 
@@ -207,7 +214,7 @@ def metrics(params: Path = ParamsOption) -> None:
     from torchcycle.paths import TaskPaths
 
     p = _run(lambda: load_params(params))
-    keys = ["accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss"]
+    keys = ["accuracy", "f1_macro", "roc_auc", "log_loss", "rmse", "mae", "r2", "interval_coverage"]
     table = Table("task", *keys, title="test split")
     for name in p.tasks:
         file = TaskPaths(name, params.resolve().parent).metrics

@@ -26,13 +26,23 @@ class Strict(BaseModel):
 class TabularSource(Strict):
     """Where a tabular task's rows come from: a built-in dataset or a CSV/Parquet file."""
 
-    builtin: Literal["adult"] | None = None
+    builtin: Literal["adult", "diamonds"] | None = None
     path: str | None = Field(None, description="CSV or Parquet file, relative to the project root")
     test_path: str | None = Field(None, description="optional official test file with the same columns")
-    target: str = "income"
+    target: str = Field(description="the column to predict")
+    target_type: Literal["auto", "classification", "regression"] = Field(
+        "auto", description="auto: a numeric target with more than 20 distinct values is regression"
+    )
+    target_transform: Literal["none", "log"] = Field(
+        "none", description="regression: log trains on log(target) (positive, skewed targets such as prices)"
+    )
+    interval_coverage: float = Field(
+        0.9, gt=0, lt=1, description="regression: nominal coverage of the split-conformal prediction intervals"
+    )
     positive_class: str | None = Field(None, description="label treated as positive for binary ROC AUC")
     features: list[str] | None = Field(None, description="feature columns; default: every other column")
-    categorical: list[str] | None = Field(None, description="default: the non-numeric columns")
+    categorical: list[str] | None = Field(None, description="default: the non-numeric, non-date columns")
+    dates: list[str] | None = Field(None, description="date/datetime columns; default: text columns that parse as dates")
     numeric: list[str] | None = Field(None, description="default: the numeric columns")
     drop: list[str] = Field(default_factory=list, description="columns to ignore")
     na_values: list[str] = Field(default_factory=lambda: ["?", ""])
@@ -48,7 +58,7 @@ class TabularSource(Strict):
     @model_validator(mode="after")
     def _one_source(self) -> TabularSource:
         if (self.builtin is None) == (self.path is None):
-            raise ValueError("set exactly one of `builtin` (adult) or `path` (a .csv or .parquet file)")
+            raise ValueError("set exactly one of `builtin` (adult, diamonds) or `path` (a .csv or .parquet file)")
         return self
 
 
@@ -85,6 +95,9 @@ class TabularPreprocess(Strict):
         "standard", description="quantile: map through training quantiles to a normal (heavy-tailed columns)"
     )
     min_category_count: int = Field(1, ge=1, description="rarer levels are treated as unseen")
+    max_categories: int | None = Field(
+        200, ge=1, description="keep at most this many levels per column (the most frequent); null: all"
+    )
 
 
 class ImagePreprocess(Strict):
@@ -187,7 +200,11 @@ class TrainConfig(Strict):
         "auto", description="auto: DistributedDataParallel when launched by torchrun (WORLD_SIZE > 1)"
     )
     overfit_batches: int = Field(0, ge=0, description="sanity mode: train on this many fixed batches only")
-    monitor: Literal["val_loss", "val_accuracy", "val_roc_auc"] = "val_loss"
+    monitor: Literal["val_loss", "val_accuracy", "val_roc_auc", "val_rmse", "val_mae", "val_r2"] = Field(
+        "val_loss", description="classification: val_accuracy, val_roc_auc; regression: val_rmse, val_mae, val_r2"
+    )
+    regression_loss: Literal["mse", "huber"] = Field("mse", description="regression targets (standardised)")
+    huber_delta: float = Field(1.0, gt=0, description="huber: where the loss turns linear (in standard deviations)")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     ema_decay: float = Field(
         0.0, ge=0, lt=1, description="evaluate and keep an exponential moving average of the weights "
@@ -225,7 +242,7 @@ class TuneConfig(Strict):
     """`torchcycle tune <task>`: an Optuna search over params of the model/train sections."""
 
     trials: int = Field(20, ge=1)
-    metric: Literal["val_loss", "val_accuracy", "val_roc_auc"] = "val_loss"
+    metric: Literal["val_loss", "val_accuracy", "val_roc_auc", "val_rmse", "val_mae", "val_r2"] = "val_loss"
     epochs: int | None = Field(None, ge=1, description="epochs per trial; default: train.epochs")
     prune_after: int | None = Field(
         4, ge=1, description="stop a trial early when, after this many completed trials and a few epochs, its "
@@ -313,7 +330,8 @@ class ExportConfig(Strict):
 class RegistryConfig(Strict):
     """register@<task>: a new registry version per run; champion moves only on a clear improvement."""
 
-    metric: Literal["roc_auc", "accuracy", "balanced_accuracy", "f1_macro", "log_loss"] = "roc_auc"
+    metric: Literal["auto", "roc_auc", "accuracy", "balanced_accuracy", "f1_macro", "log_loss", "rmse", "mae", "r2",
+                    "mape"] = Field("auto", description="auto: roc_auc for classification, rmse for regression")
     margin: float = Field(0.001, ge=0, description="the challenger must beat the champion by at least this")
 
 

@@ -33,6 +33,29 @@ class TaskPaths:
         return self.reports / "validation.json"
 
     @property
+    def validation_failed(self) -> Path:
+        """Written instead of the validation report when validation fails (the last good data stays)."""
+        return self.reports / "validation-failed.json"
+
+    @property
+    def data_report(self) -> Path:
+        """The ingest stage's profile of the raw data (rows, target distribution, columns)."""
+        return self.raw / "data_report.json"
+
+    @property
+    def splits(self) -> Path:
+        return self.processed / "splits.json"
+
+    @property
+    def learning_curve(self) -> Path:
+        return self.training / "learning_curve.csv"
+
+    @property
+    def drift(self) -> Path:
+        """The latest drift report of new batches (JSON + PNG), written by the retraining flow."""
+        return self.reports / "drift"
+
+    @property
     def metrics(self) -> Path:
         return self.reports / "metrics.json"
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-LOWER_IS_BETTER = {"log_loss"}
+LOWER_IS_BETTER = {"log_loss", "rmse", "mae", "mape"}  # used when the caller does not say
 
 
 @dataclass
@@ -59,13 +59,13 @@ def _fmt(x: float | None) -> str:
 
 def decide(metric: str, margin: float, challenger_version: str, challenger_score: float | None,
            champion_version: str | None, champion_score: float | None,
-           champion_score_source: str | None = None) -> Decision:
+           champion_score_source: str | None = None, higher_is_better: bool | None = None) -> Decision:
     """Promote the first version; afterwards only a strict improvement of at least `margin`.
 
     Once there is a champion, a missing or non-finite challenger score never promotes; a champion
     without a usable score (its metric undefined on this split) yields to a challenger with one.
     """
-    higher = metric not in LOWER_IS_BETTER
+    higher = metric not in LOWER_IS_BETTER if higher_is_better is None else higher_is_better
     usable = challenger_score is not None and math.isfinite(challenger_score)
     if champion_version is None:  # nothing to compare with: the first version serves
         promoted, reason = True, "first version" if usable else f"first version (its {metric} is undefined)"
@@ -117,6 +117,7 @@ def register_and_decide(
     rescore: Callable[[str], float | None],
     model_id: str | None = None,
     tags: dict[str, str] | None = None,
+    higher_is_better: bool | None = None,
 ) -> tuple[Any, Decision]:
     """Register `model_uri` as a new version of `name`, compare it with the champion and move aliases.
 
@@ -146,7 +147,8 @@ def register_and_decide(
                     f"Version {version.version} stays registered without a decision; no alias was moved."
                 ) from exc
     decision = decide(metric, margin, str(version.version), challenger_score,
-                      None if champion is None else str(champion.version), champion_score, source)
+                      None if champion is None else str(champion.version), champion_score, source,
+                      higher_is_better=higher_is_better)
     for key, value in decision.tags().items():
         client.set_model_version_tag(name, version.version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, version.version)

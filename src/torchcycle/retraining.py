@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from torchcycle.atomic import atomic_dir, read_json, write_json
-from torchcycle.config import Params, TabularTask
+from torchcycle.config import Params
 from torchcycle.data import batches as B
 from torchcycle.errors import TorchcycleError
+from torchcycle.kinds import kind_of
 
 
 class StageFailed(TorchcycleError):
@@ -99,18 +98,11 @@ def take_in_arrivals(root: Path, params: Params, task: str) -> Intake:
     arrivals = B.find_arrivals(root, task, cfg)
     if not arrivals:
         return intake
-    raw = root / "data" / "raw" / task
+    handler = kind_of(cfg).new_batches()
     for arrival in arrivals:
-        if isinstance(cfg, TabularTask):
-            reference = pd.read_parquet(raw / "train.parquet")
-            report, batch = B.validate_tabular_batch(arrival, cfg, reference)
-            ok = batch is not None and not report.errors
-            stored = B.accept_tabular(root, arrival, batch) if ok else None
-        else:
-            classes = read_json(root / "data" / "processed" / task / "schema.json")["classes"]
-            report, records = B.validate_image_batch(arrival, cfg, classes)
-            ok = bool(records) and not report.errors
-            stored = B.accept_images(root, arrival, records) if ok else None
+        report, batch = handler.validate(arrival, cfg, root)
+        ok = batch is not None and not report.errors
+        stored = handler.accept(root, arrival, batch) if ok else None
         if ok:
             proc = run_dvc(root, "add", str(stored.relative_to(root)))
             if proc.returncode != 0:
@@ -123,43 +115,18 @@ def take_in_arrivals(root: Path, params: Params, task: str) -> Intake:
     return intake
 
 
-def pending_samples(root: Path, task: str) -> tuple[list[str], int]:
+def pending_samples(root: Path, params: Params, task: str) -> tuple[list[str], int]:
     """Accepted batches the current model has not seen, and how many rows/images they hold."""
+    handler = kind_of(params.task(task)).new_batches()
     pending = B.pending_batches(root, task)
-    count = 0
-    for path in pending:
-        count += len(pd.read_parquet(path)) if path.suffix == ".parquet" else sum(
-            1 for p in path.rglob("*") if p.is_file())
-    return [B.batch_id(p) for p in pending], count
+    return [B.batch_id(p) for p in pending], sum(handler.count(p) for p in pending)
 
 
 def drift_report(root: Path, params: Params, task: str, pending: list[str]) -> dict[str, Any]:
     """Compare the pending batches with the training rows/images the current model was trained on."""
-    from torchcycle.monitoring import drift as D
-
     cfg = params.task(task)
-    r = params.retrain
-    raw = root / "data" / "raw" / task
     paths = [p for p in B.stored_batches(root, task) if B.batch_id(p) in set(pending)]
-    if isinstance(cfg, TabularTask):
-        reference = pd.read_parquet(raw / "train.parquet")
-        batch = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-        state = read_json(root / "data" / "processed" / task / "preprocessor.json")
-        numeric = [c["name"] for c in state["numeric"]]
-        categorical = [c["name"] for c in state["categorical"]]
-        report = D.tabular_drift(reference, batch, numeric, categorical, r.psi_threshold, r.p_value)
-    else:
-        from torchcycle.data.preprocess import load_image
-
-        manifest = pd.read_csv(raw / "manifest.csv", dtype={"label": str})
-        size, ch = tuple(cfg.preprocess.size), cfg.preprocess.channels
-        ref = [load_image(raw / p, size, ch) for p in manifest["path"]]
-        files = [(f, f.parent.name) for p in paths for f in sorted(p.rglob("*")) if f.is_file()]
-        new = [load_image(f, size, ch) for f, _ in files]
-        import numpy as np
-
-        report = D.image_drift(np.stack(ref), np.stack(new), list(manifest["label"]), [c for _, c in files],
-                               r.psi_threshold, r.p_value)
+    report = kind_of(cfg).new_batches().drift(root, task, cfg, paths, params.retrain)
     report["batches"] = pending
     report["task"] = task
     report["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

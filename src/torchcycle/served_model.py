@@ -4,8 +4,9 @@ The model directory is the one `mlflow.onnx.save_model` writes (ONNX flavour, si
 pinned requirements), so `mlflow.onnx.load_model` still returns the graph. Only its `python_function`
 flavour points here instead of at mlflow.onnx, so `mlflow models serve` and `mlflow.pyfunc.load_model`
 apply the preprocessing stored in the model through `torchcycle.serving.Predictor`, like the CLI and
-the dashboard: an HTTP client sends the source file's columns (tabular) or base64-encoded image files
-(an `image` column), never tensors. The loader is imported from the installed package; nothing from the
+the dashboard: an HTTP client sends raw records (a table's columns, or base64-encoded image files in an
+`image` column), never tensors, and gets back what the target type predicts (a class with its
+probabilities, or a number with its interval). The loader is imported from the installed package; nothing from the
 model directory is unpickled or executed.
 """
 
@@ -15,10 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-
-IMAGE_COLUMN = "image"
 
 
 def save_model(onnx_model: Any, path: str, mlflow_model: Any = None, **kwargs: Any) -> None:
@@ -40,10 +38,8 @@ def signature(predictor: Any, example: pd.DataFrame, output: pd.DataFrame) -> An
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
     inferred = infer_signature(example, output)
-    if predictor.kind != "tabular":
-        return inferred
-    numeric = {c["name"] for c in predictor.state["numeric"]}
-    columns = [ColSpec(AnyType(), c.name) if c.name in numeric else c for c in inferred.inputs.inputs]
+    loose = predictor.kind.any_typed_columns(predictor.state)
+    columns = [ColSpec(AnyType(), c.name) if c.name in loose else c for c in inferred.inputs.inputs]
     return ModelSignature(Schema(columns), inferred.outputs)
 
 
@@ -68,33 +64,6 @@ class RawInputModel:
 
         frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
         try:
-            if self.predictor.kind == "tabular":
-                return self.predictor.predict_records(frame)
-            return self.predictor.predict_pixels(decode_images(frame, self.predictor))
+            return self.predictor.predict(frame)
         except PredictionInputError as err:
             raise MlflowException.invalid_parameter_value(str(err)) from err
-
-
-def decode_images(frame: pd.DataFrame, predictor: Any) -> np.ndarray:
-    """uint8 pixels from the `image` column's file bytes (base64 over HTTP; MLflow decodes it)."""
-    import base64
-
-    from torchcycle.data.preprocess import load_image
-    from torchcycle.errors import PredictionInputError
-
-    if IMAGE_COLUMN not in frame.columns:
-        raise PredictionInputError(
-            f"image models take a column '{IMAGE_COLUMN}' of PNG/JPEG file bytes (base64-encoded in JSON); "
-            f"got columns {list(frame.columns)}"
-        )
-    size, channels = tuple(predictor.state["size"]), predictor.state["channels"]
-    images = []
-    for i, value in enumerate(frame[IMAGE_COLUMN]):
-        try:
-            raw = base64.b64decode(value, validate=True) if isinstance(value, str) else bytes(value)
-            images.append(load_image(raw, size, channels))
-        except (ValueError, TypeError) as err:  # binascii.Error is a ValueError
-            raise PredictionInputError(f"column '{IMAGE_COLUMN}', row {i}: not base64-encoded file bytes ({err})") from None
-        except PredictionInputError as err:
-            raise PredictionInputError(f"column '{IMAGE_COLUMN}', row {i}: {err}") from None
-    return np.stack(images)

@@ -1,6 +1,8 @@
-"""The one prediction path: raw records or image files in, class probabilities out, through the ONNX
-model and the preprocessing state stored inside it. The CLI, the dashboard, the flows and the register
-stage's re-scoring all call this, so no consumer re-implements preprocessing.
+"""The one prediction path: raw records in (a table's columns, or an `image` column), the model's
+outputs out (class probabilities, or a number with its interval), through the ONNX model and the
+preprocessing state stored inside it. The CLI, the dashboard, the flows, the served model and the
+register stage's re-scoring all call this, so no consumer re-implements preprocessing, and none of
+them branches on the kind of data or of target.
 """
 
 from __future__ import annotations
@@ -12,18 +14,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from torchcycle.data.preprocess import load_image, transform_images, transform_tabular
-from torchcycle.errors import PredictionInputError, TorchcycleError
+from torchcycle.errors import TorchcycleError
 from torchcycle.export.onnx import (
     METADATA_CLASSES,
     METADATA_PREPROCESSOR,
+    METADATA_TARGET,
     ort_session,
     read_metadata,
     run_session,
 )
+from torchcycle.kinds import kind_of
+from torchcycle.targets import target_of
 
 MODEL_FILE = "model.onnx"
-RECORD_SUFFIXES = (".csv", ".parquet", ".json", ".jsonl")
 
 
 def registered_name(task: str) -> str:
@@ -31,7 +34,7 @@ def registered_name(task: str) -> str:
 
 
 class Predictor:
-    """An onnxruntime session plus the preprocessing state and class names read from the model file."""
+    """An onnxruntime session plus the preprocessing state and the fitted target read from the model file."""
 
     def __init__(self, model: bytes | str | Path, threads: int = 1) -> None:
         self.session = ort_session(model if isinstance(model, bytes) else str(model), threads)
@@ -39,8 +42,12 @@ class Predictor:
         if METADATA_PREPROCESSOR not in meta:
             raise TorchcycleError("the ONNX model carries no preprocessing state; export it with `torchcycle export`")
         self.state: dict[str, Any] = json.loads(meta[METADATA_PREPROCESSOR])
-        self.classes: list[str] = json.loads(meta[METADATA_CLASSES])
-        self.kind: str = self.state["kind"]
+        if METADATA_TARGET in meta:
+            self.target_state: dict[str, Any] = json.loads(meta[METADATA_TARGET])
+        else:  # exported before targets had a type: a classifier
+            self.target_state = {"type": "classification", "classes": json.loads(meta[METADATA_CLASSES])}
+        self.kind = kind_of(self.state)
+        self.target = target_of(self.target_state)
 
     @classmethod
     def from_dir(cls, directory: str | Path, threads: int = 1) -> Predictor:
@@ -49,79 +56,32 @@ class Predictor:
             raise TorchcycleError(f"no {MODEL_FILE} under {directory}")
         return cls(files[0], threads)
 
-    # ------------------------------------------------------------------ raw inputs -> probabilities
-    def proba_records(self, frame: pd.DataFrame) -> np.ndarray:
-        self._expect("tabular")
-        return run_session(self.session, transform_tabular(frame, self.state))
+    @property
+    def classes(self) -> list[str]:
+        """Class names of a classifier ([] for a regression model)."""
+        return list(self.target_state.get("classes", []))
 
-    def proba_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (N, C, H, W) as decoded by `load_image`."""
-        self._expect("image")
-        return run_session(self.session, (transform_images(pixels, self.state),))
+    @property
+    def output_columns(self) -> list[str]:
+        return self.target.output_columns(self.target_state)
 
-    def load_images(self, files: list[Path]) -> np.ndarray:
-        size, channels = tuple(self.state["size"]), self.state["channels"]
-        return np.stack([load_image(f, size, channels) for f in files])
+    # ------------------------------------------------------------------ raw inputs -> outputs
+    def outputs(self, raw: pd.DataFrame) -> np.ndarray:
+        """The graph's outputs for raw records: (N, K) probabilities, or (N, 3) prediction, lower, upper."""
+        return run_session(self.session, self.kind.prepare(raw, self.state))
 
-    # ------------------------------------------------------------------ tables for people
-    def predict_records(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return self._table(self.proba_records(frame))
+    def predict(self, raw: pd.DataFrame) -> pd.DataFrame:
+        """The table a person reads: `predicted` first, then probabilities or the interval."""
+        return self.target.predictions(self.outputs(raw), self.target_state)
 
-    def predict_pixels(self, pixels: np.ndarray) -> pd.DataFrame:
-        return self._table(self.proba_pixels(pixels))
+    def predict_path(self, path: str | Path) -> pd.DataFrame:
+        """Predictions for a records file (tables) or an image file/folder (images)."""
+        raw = self.kind.read_path(Path(path))
+        return pd.concat([self.kind.row_labels(raw), self.predict(raw)], axis=1)
 
-    def predict_images(self, files: list[Path]) -> pd.DataFrame:
-        table = self.predict_pixels(self.load_images(files))
-        table.insert(0, "path", [str(f) for f in files])
-        return table
-
-    def _table(self, proba: np.ndarray) -> pd.DataFrame:
-        table = pd.DataFrame(proba, columns=[f"proba_{c}" for c in self.classes])
-        table.insert(0, "predicted", [self.classes[i] for i in proba.argmax(1)])
-        return table
-
-    def _expect(self, kind: str) -> None:
-        if self.kind != kind:
-            raise PredictionInputError(f"this is an {self.kind} model; it cannot take {kind} input")
-
-
-# --------------------------------------------------------------------------- reading inputs
-def read_records(path: str | Path) -> pd.DataFrame:
-    """Raw records from CSV, Parquet or JSON (lines); an unreadable file is a PredictionInputError."""
-    path = Path(path)
-    if not path.is_file():
-        raise PredictionInputError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            return pd.read_csv(path, skipinitialspace=True, na_values=["?", ""])
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
-        if suffix in (".json", ".jsonl"):
-            return pd.read_json(path, lines=suffix == ".jsonl")
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise PredictionInputError(f"{path}: cannot be read as {suffix[1:]} ({exc})") from None
-    raise PredictionInputError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(RECORD_SUFFIXES)}")
-
-
-def image_files(path: str | Path, extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg")) -> list[Path]:
-    """One image file, or every image file under a folder (sorted)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-        if not files:
-            raise PredictionInputError(f"{path}: folder holds no image files ({', '.join(extensions)})")
-        return files
-    raise PredictionInputError(f"{path}: no such file or folder")
-
-
-def predict_path(predictor: Predictor, path: str | Path) -> pd.DataFrame:
-    """Predictions for a records file (tabular models) or an image file/folder (image models)."""
-    if predictor.kind == "tabular":
-        return predictor.predict_records(read_records(path))
-    return predictor.predict_images(image_files(path))
+    def score(self, raw: pd.DataFrame, y: np.ndarray, metric: str) -> float | None:
+        value = self.target.metrics(y, self.outputs(raw), self.target_state).get(metric)
+        return None if value is None else float(value)
 
 
 # --------------------------------------------------------------------------- the registry

@@ -27,9 +27,11 @@ from torchcycle.models.factory import build_model, model_spec
 from torchcycle.models.mlp import TabularMLP
 from torchcycle.stages.preprocess import tabular_schema
 from torchcycle.training.loop import TensorData, fit, make_optimizer, predict_proba, validation_logs
+from torchcycle.training.objectives import ClassificationObjective
 from torchcycle.training.reproducibility import seed_everything
 
 pytestmark = pytest.mark.usefixtures("torch_globals")
+BINARY = ClassificationObjective(2)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -162,7 +164,7 @@ def test_training_overfits_a_tiny_batch():
         epochs=60, batch_size=32, optimizer="adam", lr=0.03, early_stopping=EarlyStopping(enabled=False)
     )
 
-    result = fit(model, data, data, cfg, n_classes=3, seed=0, progress=False)
+    result = fit(model, data, data, cfg, objective=ClassificationObjective(3), seed=0, progress=False)
 
     assert len(result.history) == 60
     assert not result.stopped_early
@@ -181,7 +183,7 @@ def test_early_stopping_restores_the_best_weights():
         epochs=100, batch_size=16, optimizer="adam", lr=0.003, early_stopping=EarlyStopping(patience=3)
     )
 
-    result = fit(model, train, val, cfg, n_classes=2, seed=0, progress=False)
+    result = fit(model, train, val, cfg, objective=BINARY, seed=0, progress=False)
 
     losses = [h["val_loss"] for h in result.history]
     assert result.stopped_early
@@ -189,7 +191,7 @@ def test_early_stopping_restores_the_best_weights():
     assert len(result.history) == result.best_epoch + 3
     assert min(losses) == losses[result.best_epoch - 1] == pytest.approx(result.best_score)
     assert losses[-1] > min(losses) + 1e-3  # the last epoch was worse, so restoring matters
-    assert validation_logs(model, val, 2)["val_loss"] == pytest.approx(min(losses), abs=1e-6)
+    assert validation_logs(model, val, BINARY)["val_loss"] == pytest.approx(min(losses), abs=1e-6)
 
 
 def test_restore_best_off_keeps_the_last_epochs_weights():
@@ -202,8 +204,8 @@ def test_restore_best_off_keeps_the_last_epochs_weights():
         model = small_mlp(6, 2)
         cfg = train_cfg(epochs=20, batch_size=16, optimizer="adam", lr=0.003,
                         early_stopping=EarlyStopping(enabled=False), restore_best=restore)  # fmt: skip
-        result = fit(model, train, val, cfg, n_classes=2, seed=0, progress=False)
-        kept[restore] = (result, validation_logs(model, val, 2)["val_loss"])
+        result = fit(model, train, val, cfg, objective=BINARY, seed=0, progress=False)
+        kept[restore] = (result, validation_logs(model, val, BINARY)["val_loss"])
 
     (best, best_loss), (last, last_loss) = kept[True], kept[False]
     assert [h["val_loss"] for h in best.history] == [h["val_loss"] for h in last.history]  # same run
@@ -241,7 +243,7 @@ def test_divergence_raises_training_error_with_advice():
     cfg = train_cfg(epochs=3, batch_size=16, optimizer="sgd", lr=1e12)
 
     with pytest.raises(TrainingError) as info:
-        fit(small_mlp(6, 2, hidden=16), data, data, cfg, n_classes=2, seed=0, progress=False)
+        fit(small_mlp(6, 2, hidden=16), data, data, cfg, objective=BINARY, seed=0, progress=False)
     message = str(info.value)
     assert "diverged" in message
     assert "batch" in message
@@ -263,7 +265,7 @@ def _train_once(seed: int) -> dict[str, torch.Tensor]:
         data,
         data,
         train_cfg(epochs=3, batch_size=16, scheduler="cosine", weight_decay=0.01),
-        n_classes=2,
+        objective=BINARY,
         seed=seed,
         progress=False,
     )

@@ -24,9 +24,11 @@ from torchcycle.training.augment import elastic_field, random_affine
 from torchcycle.training.checkpoint import Checkpointer, params_key
 from torchcycle.training.inspection import activation_stats
 from torchcycle.training.loop import TensorData, fit, make_optimizer, make_scheduler, validation_logs
+from torchcycle.training.objectives import ClassificationObjective
 from torchcycle.training.reproducibility import seed_everything
 
 pytestmark = pytest.mark.usefixtures("torch_globals")
+BINARY = ClassificationObjective(2)
 
 
 def cfg(**kw) -> TrainConfig:
@@ -59,7 +61,7 @@ def cnn(residual: bool = True) -> ImageCNN:
 
 
 def run(model, data, c, seed=0, **kw):
-    return fit(model, data, data, c, n_classes=2, seed=seed, progress=False, **kw)
+    return fit(model, data, data, c, objective=BINARY, seed=seed, progress=False, **kw)
 
 
 # --------------------------------------------------------------------------- optimisers and schedules
@@ -207,13 +209,13 @@ def test_ema_keeps_and_validates_the_moving_average_of_the_weights():
         seed_everything(0)
         model = mlp()
         c = cfg(epochs=5, batch_size=16, optimizer="adam", lr=0.05, ema_decay=decay, restore_best=False)
-        r = fit(model, data, val, c, n_classes=2, seed=0, progress=False)
+        r = fit(model, data, val, c, objective=BINARY, seed=0, progress=False)
         runs[decay] = (model.state_dict(), r, model)
     raw, tiny, ema = runs[0.0], runs[1e-12], runs[0.9]
     assert all(torch.allclose(raw[0][k].float(), tiny[0][k].float(), atol=1e-6) for k in raw[0])  # decay→0: raw
     assert any(not torch.allclose(raw[0][k].float(), ema[0][k].float(), atol=1e-3) for k in raw[0])
     assert [h["train_loss"] for h in raw[1].history] == [h["train_loss"] for h in ema[1].history]  # same steps
-    assert validation_logs(ema[2], val, 2)["val_loss"] == pytest.approx(ema[1].history[-1]["val_loss"], abs=1e-6)
+    assert validation_logs(ema[2], val, BINARY)["val_loss"] == pytest.approx(ema[1].history[-1]["val_loss"], abs=1e-6)
 
 
 def test_ema_is_the_plain_mean_until_its_horizon_then_an_exponential_average():
@@ -240,7 +242,7 @@ FULL = {"epochs": 4, "batch_size": 8, "optimizer": "adamw", "lr": 0.01, "weight_
 def _full_run(seed: int, checkpointer=None, callbacks=()):
     seed_everything(seed)
     model = cnn()
-    r = fit(model, images(), images(16, seed=1), cfg(**FULL), n_classes=2, seed=seed, progress=False,
+    r = fit(model, images(), images(16, seed=1), cfg(**FULL), objective=BINARY, seed=seed, progress=False,
             checkpointer=checkpointer, callbacks=callbacks)
     return model.state_dict(), r
 

@@ -157,3 +157,13 @@ def _short(value: object) -> str:
         return f"{value:.4g}"
     text = str(value)
     return text if len(text) <= 18 else text[:17] + "…"
+
+
+def save_figures(folder, figures: dict) -> None:
+    """Write figures (name -> Figure, names may hold sub-folders) as PNGs."""
+    from pathlib import Path
+
+    for name, fig in figures.items():
+        path = Path(folder) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -1,7 +1,8 @@
 """ONNX export with a dynamic batch axis, parity against eager torch, and a runtime benchmark.
 
-The exported graph outputs class probabilities (softmax included), so every consumer of the file gets
-the same numbers as `predict_proba` without re-implementing anything. The preprocessing state travels
+The exported graph is the model followed by its target type's head (softmax probabilities, or a number
+in target units with its prediction interval), so every consumer of the file gets the same numbers as
+the evaluate stage without re-implementing anything. The preprocessing state travels
 inside the file as metadata (`torchcycle.preprocessor`), so a registered model is self-contained.
 
 Pure functions: models and arrays in, bytes and dicts out.
@@ -23,51 +24,28 @@ METADATA_CLASSES = "torchcycle.classes"
 METADATA_INPUT = "torchcycle.input"
 
 
-class ProbabilityModel(nn.Module):
-    """Wraps a classifier so its output is softmax probabilities (what every consumer wants)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(*inputs), dim=1)
-
-
-class _TabularProbability(ProbabilityModel):
-    """Named arguments, because the exporter maps dynamic shapes onto the forward's parameters."""
-
-    def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return torch.softmax(self.model(x_num, x_cat), dim=1)
-
-
-class _ImageProbability(ProbabilityModel):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return torch.softmax(self.model(x), dim=1)
-
-
-def input_names(kind: str) -> list[str]:
-    return ["x_num", "x_cat"] if kind == "tabular" else ["x"]
+METADATA_TARGET = "torchcycle.target"
 
 
 def export_onnx(
-    model: nn.Module,
+    graph: nn.Module,
     example: tuple[torch.Tensor, ...],
-    kind: str,
+    names: list[str],
+    output: str,
     metadata: dict[str, str] | None = None,
     opset: int | None = None,
 ) -> bytes:
-    """Serialized ONNX model (weights inside) of `softmax(model(*inputs))` with a dynamic batch axis."""
+    """Serialized ONNX model (weights inside) of `graph` (the model and its target head, with the kind's
+    named inputs `names`) with a dynamic batch axis."""
     import onnx
 
-    names = input_names(kind)
-    wrapped = (_TabularProbability(model) if kind == "tabular" else _ImageProbability(model)).eval()
+    graph = graph.eval()
     batch = torch.export.Dim("batch")
     # the exporter specialises a batch of one to a constant: trace with at least two rows
     example = tuple(t[:2] if len(t) >= 2 else torch.cat([t, t]) for t in example)
     kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
     program = torch.onnx.export(
-        wrapped, example, input_names=names, output_names=["probabilities"],
+        graph, example, input_names=names, output_names=[output],
         dynamic_shapes={n: {0: batch} for n in names}, external_data=False, dynamo=True, verbose=False,
         **kwargs,
     )  # fmt: skip
@@ -103,25 +81,13 @@ def run_session(session: Any, inputs: tuple[np.ndarray, ...], batch_size: int = 
     return np.concatenate(parts) if parts else np.zeros((0, session.get_outputs()[0].shape[1]), np.float32)
 
 
-def torch_proba(model: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size: int = 4096) -> np.ndarray:
-    wrapped = ProbabilityModel(model).eval()
+def torch_outputs(graph: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size: int = 4096) -> np.ndarray:
+    """What the exported graph computes, in eager torch (the parity reference)."""
+    graph = graph.eval()
     with torch.inference_mode():
-        parts = [wrapped(*(t[s : s + batch_size] for t in inputs)).numpy()
+        parts = [graph(*(t[s : s + batch_size] for t in inputs)).numpy()
                  for s in range(0, len(inputs[0]), batch_size)]  # fmt: skip
     return np.concatenate(parts)
-
-
-def parity(reference: np.ndarray, candidate: np.ndarray, tolerance: float) -> dict[str, Any]:
-    """Max |probability difference| and predicted-class agreement; `passed` needs both."""
-    diff = float(np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).max()) if len(reference) else 0.0
-    mismatched = int((reference.argmax(1) != candidate.argmax(1)).sum())
-    return {
-        "rows": len(reference),
-        "max_abs_diff": diff,
-        "tolerance": tolerance,
-        "class_mismatches": mismatched,
-        "passed": bool(diff <= tolerance and mismatched == 0),
-    }
 
 
 def _time_side_by_side(
@@ -146,7 +112,7 @@ def _time_side_by_side(
 
 
 def benchmark(
-    model: nn.Module,
+    graph: nn.Module,
     session: Any,
     inputs: tuple[torch.Tensor, ...],
     repeats: int = 200,
@@ -169,7 +135,7 @@ def benchmark(
     try:
         out: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
         for batch in batches:
-            runs = [_time_batch(model, session, inputs, batch, repeats if batch == 1 else max(repeats // 10, 10),
+            runs = [_time_batch(graph, session, inputs, batch, repeats if batch == 1 else max(repeats // 10, 10),
                                 min_seconds) for _ in range(rounds)]  # fmt: skip
             out[f"batch{batch}"] = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
             if rounds > 1:
@@ -179,11 +145,11 @@ def benchmark(
         torch.set_num_threads(previous)
 
 
-def _time_batch(model: nn.Module, session: Any, inputs: tuple[torch.Tensor, ...], batch: int, repeats: int,
+def _time_batch(graph: nn.Module, session: Any, inputs: tuple[torch.Tensor, ...], batch: int, repeats: int,
                 min_seconds: float) -> dict[str, float]:
     names = [i.name for i in session.get_inputs()]
     output = [session.get_outputs()[0].name]  # naming the output saves a lookup per call
-    wrapped = ProbabilityModel(model).eval()
+    wrapped = graph.eval()
     rows = tuple(t[:batch] for t in inputs)
     if len(rows[0]) < batch:  # repeat rows to fill a batch
         reps = -(-batch // len(rows[0]))
@@ -205,22 +171,11 @@ def _time_batch(model: nn.Module, session: Any, inputs: tuple[torch.Tensor, ...]
     }
 
 
-def metadata_for(kind: str, state: dict[str, Any], classes: list[str]) -> dict[str, str]:
-    """What a consumer needs besides the graph: the preprocessing state, the class names and, for
-    images, the expected input in words (size, channels, value range, normalisation)."""
-    meta = {METADATA_PREPROCESSOR: json.dumps(state), METADATA_CLASSES: json.dumps(classes)}
-    if kind == "image":
-        h, w = state["size"]
-        meta[METADATA_INPUT] = json.dumps({
-            "layout": "NCHW float32", "channels": state["channels"], "height": h, "width": w,
-            "raw_value_range": state.get("value_range", [0, 255]),
-            "normalisation": "x = (pixel / 255 - mean) / std, per channel",
-            "mean": state["mean"], "std": state["std"],
-        })  # fmt: skip
-    else:
-        meta[METADATA_INPUT] = json.dumps({
-            "x_num": [c["name"] for c in state["numeric"]], "x_cat": [c["name"] for c in state["categorical"]],
-            "preprocessing": "torchcycle.data.preprocess.transform_tabular with the state in "
-                             f"'{METADATA_PREPROCESSOR}'",
-        })  # fmt: skip
+def metadata_for(state: dict[str, Any], target: dict[str, Any], input_description: dict[str, Any]) -> dict[str, str]:
+    """What a consumer needs besides the graph: the preprocessing state, the fitted target (class names,
+    or the scale and interval of a number) and the expected input in words."""
+    meta = {METADATA_PREPROCESSOR: json.dumps(state), METADATA_TARGET: json.dumps(target),
+            METADATA_INPUT: json.dumps(input_description)}
+    if "classes" in target:
+        meta[METADATA_CLASSES] = json.dumps(target["classes"])
     return meta

@@ -7,13 +7,16 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+from torchcycle.artifacts import load_model, load_split
 from torchcycle.atomic import atomic_dir, read_json, write_json
-from torchcycle.config import Params, TabularTask
+from torchcycle.config import Params
 from torchcycle.errors import TorchcycleError
 from torchcycle.export import onnx as X
+from torchcycle.kinds import kind_of
 from torchcycle.paths import TaskPaths
-from torchcycle.stages.common import load_model, load_split
-from torchcycle.stages.raw_split import image_files, raw_records
+from torchcycle.targets import target_of
+
+OUTPUT = "outputs"
 
 
 def run(params: Params, task: str, root: Path) -> dict:
@@ -27,33 +30,31 @@ def run(params: Params, task: str, root: Path) -> dict:
     cfg, ex = params.task(task), params.export
     paths = TaskPaths(task, root)
     model, config = load_model(paths.models)
-    state = read_json(paths.preprocessor)
-    kind = "tabular" if isinstance(cfg, TabularTask) else "image"
+    state, target_state = read_json(paths.preprocessor), config["target"]
+    kind, target = kind_of(cfg), target_of(target_state)
+    graph = kind.onnx_module(model, target.head(target_state)).eval()
+    names = kind.input_names(state)
     test = load_split(paths, "test")
-    blob = X.export_onnx(model, test.inputs, kind, X.metadata_for(kind, state, config["classes"]), ex.opset)
+    blob = X.export_onnx(graph, test.inputs, names, OUTPUT,
+                         X.metadata_for(state, target_state, kind.describe_input(state)), ex.opset)
     session = X.ort_session(blob, ex.ort_threads)
     # timed first: the parity pass's large batches would leave both runtimes slower at batch 1
-    bench = X.benchmark(model, session, test.inputs, repeats=ex.benchmark_repeats, min_seconds=ex.benchmark_seconds,
+    bench = X.benchmark(graph, session, test.inputs, repeats=ex.benchmark_repeats, min_seconds=ex.benchmark_seconds,
                         threads=ex.ort_threads)
 
-    reference = X.torch_proba(model, test.inputs)
-    tensor_parity = X.parity(reference, X.run_session(session, tuple(t.numpy() for t in test.inputs)),
-                             ex.parity_tolerance)
-    # the full consumer path: raw records / image files -> shared preprocessing -> ONNX Runtime
-    predictor = Predictor(blob, ex.ort_threads)
-    if kind == "tabular":
-        records, _ = raw_records(paths, "test")
-        raw_proba = predictor.proba_records(records)
-    else:
-        files, _ = image_files(paths, "test")
-        raw_proba = predictor.proba_pixels(predictor.load_images(files))
-    raw_parity = X.parity(reference, raw_proba, ex.parity_tolerance)
+    reference = X.torch_outputs(graph, test.inputs)
+    tensor_parity = target.parity(reference, X.run_session(session, tuple(t.numpy() for t in test.inputs)),
+                                  ex.parity_tolerance)
+    # the full consumer path: raw records -> the stored preprocessing -> ONNX Runtime
+    raw, _ = kind.raw_inputs(paths, "test")
+    raw_parity = target.parity(reference, Predictor(blob, ex.ort_threads).outputs(raw), ex.parity_tolerance)
     speedup = bench["batch1"]["speedup"]
     report = {
         "task": task,
         "onnx_bytes": len(blob),
         "opset": _opset(blob),
-        "inputs": X.input_names(kind),
+        "inputs": names,
+        "output": {"name": OUTPUT, "columns": target.output_columns(target_state)},
         "parity": tensor_parity,
         "parity_from_raw_input": raw_parity,
         "benchmark": bench,
@@ -64,8 +65,9 @@ def run(params: Params, task: str, root: Path) -> dict:
     problems = []
     for label, p in (("torch vs ONNX Runtime", tensor_parity), ("raw input through ONNX Runtime", raw_parity)):
         if not p["passed"]:
-            problems.append(f"{label}: max |Δprobability| {p['max_abs_diff']:.2e} (tolerance {p['tolerance']:g}), "
-                            f"{p['class_mismatches']} different predicted class(es)")
+            detail = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in p.items()
+                               if k not in ("passed", "rows"))
+            problems.append(f"{label}: parity failed ({detail})")
     if ex.min_speedup and speedup < ex.min_speedup:
         problems.append(f"ONNX Runtime batch-1 latency is only {speedup:.2f}x lower than eager torch "
                         f"(floor {ex.min_speedup:g}x)")

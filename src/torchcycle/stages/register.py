@@ -11,43 +11,43 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from torchcycle.artifacts import fingerprint
 from torchcycle.atomic import read_json, write_json
-from torchcycle.config import Params, TabularTask
+from torchcycle.config import Params
 from torchcycle.errors import TorchcycleError
+from torchcycle.kinds import kind_of
 from torchcycle.paths import TaskPaths
-from torchcycle.stages.raw_split import fingerprint, image_files, raw_records
 
 
-def test_inputs(paths: TaskPaths, tabular: bool) -> tuple[pd.DataFrame | list[Path], np.ndarray]:
-    """The raw test split every version is scored on (raw, so each version applies its own state)."""
-    return raw_records(paths, "test") if tabular else image_files(paths, "test")
-
-
-def score(predictor: Any, inputs: pd.DataFrame | list[Path], y: np.ndarray, classes: list[str],
-          metric: str) -> float | None:
+def score(predictor: Any, raw: pd.DataFrame, y: np.ndarray, target_state: dict, metric: str) -> float | None:
     """The metric of a Predictor on raw inputs; None when it is undefined (e.g. one class only) or the
-    model predicts a different set of classes than the split has."""
-    from torchcycle.evaluation.metrics import classification_metrics
-
-    if list(predictor.classes) != list(classes):
+    model predicts something else than this split's targets (other classes, another target)."""
+    if not predictor.target.same_task(predictor.target_state, target_state):
         return None
-    if isinstance(inputs, pd.DataFrame):
-        proba = predictor.proba_records(inputs)
-    else:
-        proba = predictor.proba_pixels(predictor.load_images(inputs))
-    value = classification_metrics(y, proba, classes).get(metric)
-    return None if value is None else float(value)
+    return predictor.score(raw, y, metric)
 
 
-def score_registered(model_uri: str, inputs: pd.DataFrame | list[Path], y: np.ndarray, classes: list[str],
-                     metric: str) -> float | None:
+def score_registered(model_uri: str, raw: pd.DataFrame, y: np.ndarray, target_state: dict, metric: str) -> float | None:
     """Download a registered version (its ONNX file only, nothing unpickled) and score it."""
     import mlflow
 
     from torchcycle.serving import Predictor
 
     directory = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
-    return score(Predictor.from_dir(directory), inputs, y, classes, metric)
+    return score(Predictor.from_dir(directory), raw, y, target_state, metric)
+
+
+def registry_metric(metric: str, target: Any) -> str:
+    """The params-named metric, or the target type's default for `auto`; one the target type does not
+    report is an error naming the allowed ones."""
+    if metric == "auto":
+        return target.default_metric
+    if metric not in target.metric_names:
+        raise TorchcycleError(
+            f"registry.metric '{metric}' is not a {target.name} metric. Use one of {list(target.metric_names)} "
+            "or `auto`."
+        )
+    return metric
 
 
 def run(params: Params, task: str, root: Path) -> dict:
@@ -62,20 +62,22 @@ def run(params: Params, task: str, root: Path) -> dict:
     paths = TaskPaths(task, root)
     if not paths.onnx_model.exists():
         raise TorchcycleError(f"{paths.onnx_model} not found. Run `dvc repro export@{task}` first.")
-    config = read_json(paths.model_config)
-    classes = config["classes"]
-    inputs, y = test_inputs(paths, isinstance(cfg, TabularTask))
-    split_id = fingerprint(inputs, y)
+    target_state = read_json(paths.model_config)["target"]
+    kind = kind_of(cfg)
+    inputs, y = kind.raw_inputs(paths, "test")
+    split_id = fingerprint(inputs, y, kind)
     predictor = Predictor(paths.onnx_model)
-    challenger_score = score(predictor, inputs, y, classes, rc.metric)
+    metric = registry_metric(rc.metric, predictor.target)
+    challenger_score = score(predictor, inputs, y, target_state, metric)
     name = registered_name(task)
 
     with mlflow_run.reopen_run(params, paths, root) as run:
         info = log_models(paths, predictor, inputs)
         client = MlflowClient()
         version, decision = registry.register_and_decide(
-            client, name, info.model_uri, run.info.run_id, rc.metric, rc.margin, challenger_score, split_id,
-            rescore=lambda uri: score_registered(uri, inputs, y, classes, rc.metric),
+            client, name, info.model_uri, run.info.run_id, metric, rc.margin, challenger_score, split_id,
+            rescore=lambda uri: score_registered(uri, inputs, y, target_state, metric),
+            higher_is_better=predictor.target.higher_is_better(metric),
             model_id=getattr(info, "model_id", None),
             tags={"task": task, "git_commit": mlflow_run.git_commit(root)["git_commit"]},
         )
@@ -96,7 +98,7 @@ def run(params: Params, task: str, root: Path) -> dict:
     return report
 
 
-def log_models(paths: TaskPaths, predictor: Any, inputs: pd.DataFrame | list[Path]) -> Any:
+def log_models(paths: TaskPaths, predictor: Any, inputs: pd.DataFrame) -> Any:
     """The ONNX model as mlflow.onnx saves it, served on raw records (torchcycle.served_model), with a
     signature and a small input example of raw records, and pinned requirements (no slow inference of
     requirements); plus the torch state_dict as plain artifacts with a tensor signature of its own."""
@@ -115,10 +117,9 @@ def log_models(paths: TaskPaths, predictor: Any, inputs: pd.DataFrame | list[Pat
     # the pyfunc loader is torchcycle's own (served_model), so the served model needs it installed
     versions = {"torchcycle": torchcycle.__version__, "onnx": onnx.__version__,
                 "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "pandas": pd.__version__}
-    if predictor.kind == "image":
-        import PIL
+    import PIL
 
-        versions["pillow"] = PIL.__version__
+    versions["pillow"] = PIL.__version__  # images decode with it; cheap to pin for tables too
     info = Model.log(
         None,  # artifact_path: deprecated in favour of name
         name="onnx",
@@ -147,26 +148,20 @@ def log_models(paths: TaskPaths, predictor: Any, inputs: pd.DataFrame | list[Pat
             "state_dict of the torchcycle model. Rebuild the architecture from model_config.json with\n"
             "torchcycle.models.factory.build_model(config['spec']) and load the weights with\n"
             "torch.load('model.pt', weights_only=True). Inputs: see signature.json; the inputs are the\n"
-            "outputs of torchcycle.data.preprocess.transform_* with the preprocessing state of the ONNX model.\n"
+            "outputs of the kind's `prepare` (torchcycle.kinds.<kind>) with the preprocessing state of the ONNX\n"
+            "model; the model's raw outputs go through the target head (torchcycle.targets.<type>.head).\n"
         )
         mlflow.log_artifacts(str(folder), artifact_path="torch_state_dict")
     return info
 
 
-def raw_example(predictor: Any, inputs: pd.DataFrame | list[Path], rows: int = 2) -> pd.DataFrame:
+def raw_example(predictor: Any, inputs: pd.DataFrame, rows: int = 2) -> pd.DataFrame:
     """A few test rows as a client sends them: the model's columns as in the source file, or image files'
     bytes."""
-    from torchcycle.served_model import IMAGE_COLUMN
-
-    if predictor.kind == "image":
-        return pd.DataFrame({IMAGE_COLUMN: [Path(f).read_bytes() for f in inputs[:rows]]})
-    columns = [c["name"] for c in predictor.state["numeric"] + predictor.state["categorical"]]
-    return inputs[columns].head(rows).reset_index(drop=True)
+    return predictor.kind.example(inputs, predictor.state, rows)
 
 
 def _input_example(paths: TaskPaths, predictor: Any) -> dict[str, np.ndarray]:
     """Two rows of the test split, prepared as the model's inputs."""
     with np.load(paths.split("test"), allow_pickle=False) as z:
-        if predictor.kind == "tabular":
-            return {"x_num": z["x_num"][:2], "x_cat": z["x_cat"][:2]}
-        return {"x": z["x"][:2]}
+        return {name: z[name][:2] for name in predictor.kind.input_names(predictor.state)}

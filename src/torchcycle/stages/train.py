@@ -13,16 +13,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from torchcycle.atomic import atomic_dir, read_json, write_json
+from torchcycle.artifacts import load_split, read_schema
+from torchcycle.atomic import atomic_dir, write_json
 from torchcycle.config import Params
 from torchcycle.errors import TrainingError
-from torchcycle.models.factory import build_model, model_spec
+from torchcycle.kinds import kind_of
+from torchcycle.models.factory import build_model
 from torchcycle.paths import TaskPaths
-from torchcycle.stages.common import load_split
+from torchcycle.targets import target_of
 from torchcycle.tracking import mlflow_run
 from torchcycle.training import distributed
 from torchcycle.training.checkpoint import Checkpointer, params_key
-from torchcycle.training.loop import fit
+from torchcycle.training.loop import fit, predict_outputs
 from torchcycle.training.reproducibility import configure_threads, seed_everything
 
 OVERFIT_LOSS = 0.05  # "about zero" for the overfit-a-few-batches sanity mode
@@ -66,14 +68,15 @@ def _train(params: Params, cfg, task: str, root: Path, progress: bool, ctx: dist
     seed_everything(params.seed)
     threads = configure_threads(cfg.train.num_threads)
     train, val = load_split(paths, "train"), load_split(paths, "val")
-    schema = read_json(paths.schema)
-    spec = model_spec(cfg, schema, train.inputs)
+    schema = read_schema(paths)
+    target = target_of(schema["target"])
+    spec = kind_of(cfg).model_spec(cfg, schema, train.inputs, target.n_outputs(schema["target"]))
     model = build_model(spec)
-    n_classes = len(schema["classes"])
+    objective = target.objective(schema["target"], cfg.train)
     checkpointer = checkpointer_for(params, task, root)
 
     def go(callbacks: list) -> object:
-        return fit(model, train, val, cfg.train, n_classes=n_classes, seed=params.seed, callbacks=callbacks,
+        return fit(model, train, val, cfg.train, objective=objective, seed=params.seed, callbacks=callbacks,
                    progress=progress, checkpointer=checkpointer, dist=ctx)
 
     if not ctx.is_main:  # other ranks train and leave tracking and outputs to rank 0
@@ -108,17 +111,21 @@ def _train(params: Params, cfg, task: str, root: Path, progress: bool, ctx: dist
                             "kept_epoch": result.kept_epoch})
         history = pd.DataFrame(result.history)
         model.to("cpu")
+        # what is fitted on the validation split once the weights are final (e.g. prediction intervals)
+        target_state = target.calibrate(schema["target"], predict_outputs(model, val), val.y.numpy())
+        mlflow.log_params({f"target.{k}": v for k, v in target_state.items() if isinstance(v, (int, float, str))})
         with atomic_dir(paths.models) as tmp:
             torch.save(model.state_dict(), tmp / "model.pt")
             write_json(tmp / "model_config.json", {
-                "task": task, "spec": spec, "classes": schema["classes"], "best_epoch": result.best_epoch,
+                "task": task, "spec": spec, "target": target_state, "classes": target_state.get("classes"),
+                "best_epoch": result.best_epoch,
                 "kept_epoch": result.kept_epoch, "monitor": result.monitor, "best_score": result.best_score,
                 "stopped_early": result.stopped_early,
             })  # fmt: skip
             mlflow_run.save_run_info(paths, run, directory=tmp)
         with atomic_dir(paths.training) as tmp:
             history.to_csv(tmp / "learning_curve.csv", index=False)
-        mlflow.log_artifact(str(paths.training / "learning_curve.csv"), artifact_path="training")
+        mlflow.log_artifact(str(paths.learning_curve), artifact_path="training")
     if checkpointer is not None:
         checkpointer.clear()  # the model is written; a rerun with the same params starts afresh
     return {"run_id": run.info.run_id, "best_epoch": result.best_epoch, "best_score": result.best_score,
@@ -133,12 +140,13 @@ def overfit_check(params: Params, cfg, task: str, root: Path, progress: bool) ->
     seed_everything(params.seed)
     configure_threads(cfg.train.num_threads)
     train = load_split(paths, "train")
-    schema = read_json(paths.schema)
-    model = build_model(model_spec(cfg, schema, train.inputs))
+    schema = read_schema(paths)
+    target = target_of(schema["target"])
+    model = build_model(kind_of(cfg).model_spec(cfg, schema, train.inputs, target.n_outputs(schema["target"])))
     # an "epoch" here is one pass over the few batches, so give it enough passes to memorise them
     tcfg = cfg.train.model_copy(update={"label_smoothing": 0.0, "epochs": max(cfg.train.epochs, OVERFIT_MIN_EPOCHS)})
     result = fit(model, train, train.take(cfg.train.overfit_batches * cfg.train.batch_size), tcfg,
-                 n_classes=len(schema["classes"]), seed=params.seed, progress=progress)
+                 objective=target.objective(schema["target"], tcfg), seed=params.seed, progress=progress)
     first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
     reached = last < OVERFIT_LOSS
     return {"overfit": True, "batches": cfg.train.overfit_batches, "first_loss": first, "final_loss": last,

@@ -19,17 +19,18 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from torchcycle.errors import TrainingError
+from torchcycle.errors import ConfigError, TrainingError
 from torchcycle.training.distributed import DistContext, all_reduce_sum
+from torchcycle.training.objectives import Objective, softmax
 
 PER_STEP_SCHEDULES = ("cosine", "onecycle")
 
 
 @dataclass
 class TensorData:
-    """Model inputs (one or more tensors) and integer labels, all with the same first dimension."""
+    """Model inputs (one or more tensors) and targets, all with the same first dimension: int64 class
+    labels for classification, float values (float32, standardised by the caller) for regression."""
 
     inputs: tuple[torch.Tensor, ...]
     y: torch.Tensor
@@ -96,9 +97,12 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer}")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int = 1) -> Any:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int = 1, *, higher_is_better: bool | None = None
+) -> Any:
     """The learning-rate schedule; cosine (with linear warm-up) and one-cycle advance every optimiser
-    step (see PER_STEP_SCHEDULES), step and plateau once per epoch (plateau on the monitored metric)."""
+    step (see PER_STEP_SCHEDULES), step and plateau once per epoch (plateau on the monitored metric,
+    whose direction is `higher_is_better`; by default, lower is better for a monitored loss only)."""
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.scheduler == "cosine":
         warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
@@ -117,7 +121,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int =
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.scheduler == "plateau":
-        mode = "min" if cfg.monitor.endswith("loss") else "max"
+        if higher_is_better is None:
+            higher_is_better = not cfg.monitor.endswith("loss")
+        mode = "max" if higher_is_better else "min"
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=mode, factor=cfg.gamma, patience=cfg.plateau_patience
         )
@@ -132,41 +138,42 @@ def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
 
 # --------------------------------------------------------------------------- evaluation helpers
 @torch.no_grad()
-def predict_proba(model: nn.Module, data: TensorData | tuple[torch.Tensor, ...], batch_size: int = 2048) -> np.ndarray:
-    """Class probabilities (N, K) in eval mode."""
+def predict_outputs(
+    model: nn.Module, data: TensorData | tuple[torch.Tensor, ...], batch_size: int = 2048
+) -> np.ndarray:
+    """Raw model outputs (logits for a classifier, values for a regressor) in eval mode, float32."""
     was_training = model.training
     model.eval()
     inputs = data.inputs if isinstance(data, TensorData) else data
     device = next(model.parameters()).device
     n = inputs[0].shape[0]
-    out = [
-        F.softmax(model(*(t[s : s + batch_size].to(device) for t in inputs)).float(), dim=1).cpu()
-        for s in range(0, n, batch_size)
-    ]
-    model.train(was_training)
+    try:
+        out = [
+            model(*(t[s : s + batch_size].to(device) for t in inputs)).float().cpu()
+            for s in range(0, n, batch_size)
+        ]
+    finally:
+        model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def validation_logs(model: nn.Module, val: TensorData, n_classes: int) -> dict[str, float]:
-    proba = predict_proba(model, val)
-    y = val.y.numpy()
-    eps = 1e-7
-    loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], eps, 1.0))))
-    logs = {"val_loss": loss, "val_accuracy": float((proba.argmax(1) == y).mean())}
-    logs["val_roc_auc"] = _roc_auc(y, proba, n_classes)
-    return logs
+def predict_proba(model: nn.Module, data: TensorData | tuple[torch.Tensor, ...], batch_size: int = 2048) -> np.ndarray:
+    """Class probabilities (N, K) in eval mode: the softmax of `predict_outputs`."""
+    return softmax(predict_outputs(model, data, batch_size))
 
 
-def _roc_auc(y: np.ndarray, proba: np.ndarray, n_classes: int) -> float:
-    from sklearn.metrics import roc_auc_score
+def validation_logs(model: nn.Module, val: TensorData, objective: Objective) -> dict[str, float]:
+    """The objective's validation metrics (val_loss among them) of `model` on `val`."""
+    return objective.validation_logs(predict_outputs(model, val), val.y.cpu().numpy())
 
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    if n_classes == 2:
-        return float(roc_auc_score(y, proba[:, 1]))
-    if len(np.unique(y)) < n_classes:
-        return float("nan")
-    return float(roc_auc_score(y, proba, multi_class="ovr", labels=list(range(n_classes))))
+
+def check_monitor(monitor: str, objective: Objective) -> None:
+    """Raise a ConfigError unless `objective` reports the metric `monitor`."""
+    if monitor not in objective.monitors:
+        raise ConfigError(
+            f"train.monitor is {monitor!r}, which {type(objective).__name__} does not report; "
+            f"use one of: {', '.join(objective.monitors)}"
+        )
 
 
 # --------------------------------------------------------------------------- the loop
@@ -176,7 +183,7 @@ def fit(
     val: TensorData,
     cfg,
     *,
-    n_classes: int,
+    objective: Objective,
     seed: int,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
@@ -186,12 +193,71 @@ def fit(
     """Train `model` in place; on return it holds the best weights seen on the validation split (or the
     last ones, with `restore_best` off; the moving average of the weights, with `ema_decay` on).
 
+    The `objective` gives the loss and the validation metrics (see torchcycle.training.objectives);
+    `cfg.monitor` must be one of its `monitors` (else ConfigError), and its direction comes from
+    `objective.higher_is_better`.
+
     With a `checkpointer` the full state is saved at every epoch end (and every
     `checkpointer.every_steps` optimiser steps) and a matching checkpoint is resumed, so an
     interrupted run ends with exactly the weights of an uninterrupted one. Under torchrun (`dist`)
     every rank sees the same shuffled global batch and trains on its slice of it; losses are scaled
     so the averaged gradient equals the single-process one.
     """
+    check_monitor(cfg.monitor, objective)
+    r = _setup(model, train, val, cfg, objective, seed, dist)
+    r.callbacks, r.checkpointer = tuple(callbacks), checkpointer
+    s, resumed = _start_state(r)
+    r.train_model = _wrap(r)
+    bar = _Progress(cfg.epochs, r.steps, enabled=progress and r.ctx.is_main)
+    with bar:
+        if resumed is not None:
+            bar.note(f"resumed from checkpoint: epoch {s.epoch}, step {s.step}")
+        while s.epoch <= cfg.epochs and not s.stopped:
+            epoch = s.epoch
+            grads = _train_epoch(r, s, bar)
+            _end_epoch(r, s, epoch, grads, bar)
+            _save(r, s, epoch + 1, 0, None)
+    kept_epoch = _final_weights(r, s)
+    return FitResult(s.history, s.best_epoch, r.sign * s.best_score, s.stopped, cfg.monitor, kept_epoch, s.notes,
+                     resumed, s.inspections)  # fmt: skip
+
+
+@dataclass
+class _Run:
+    """What one `fit` call trains with, built once from the params; `_State` holds what changes."""
+
+    cfg: Any
+    objective: Objective
+    ctx: DistContext
+    device: torch.device
+    model: nn.Module  # the bare model: the one optimised, checkpointed and returned
+    data: TensorData  # the training data, on the device
+    val: TensorData
+    steps: int  # micro-batches per epoch
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype
+    shuffle_gen: torch.Generator
+    augment_gen: torch.Generator
+    ema: nn.Module | None
+    augment: bool
+    shuffle: bool
+    channels_last: bool
+    sign: float  # +1 when a higher monitored value is better, else -1: the loop maximises sign * value
+    train_model: nn.Module  # the model as trained: wrapped in DDP and/or compiled by `_wrap`
+    callbacks: tuple[Callback, ...] = ()
+    checkpointer: Any = None
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that are validated and kept: the moving average with EMA on."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def _setup(model: nn.Module, train: TensorData, val: TensorData, cfg, objective: Objective, seed: int,
+           dist: DistContext | None) -> _Run:  # fmt: skip
+    """Device, data, optimiser, schedule, scaler, generators and EMA from the params."""
     ctx = dist or DistContext()
     device = resolve_device(cfg.device, ctx)
     model.to(device)
@@ -200,160 +266,207 @@ def fit(
         model.to(memory_format=torch.channels_last)
     data = train.take(cfg.overfit_batches * cfg.batch_size) if cfg.overfit_batches else train
     data = data.to(device)
-    accum = cfg.grad_accumulation
     steps = math.ceil(len(data) / cfg.batch_size)
-    opt_steps_per_epoch = math.ceil(steps / accum)
+    higher = objective.higher_is_better(cfg.monitor)
     optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, opt_steps_per_epoch)
-    use_amp = cfg.mixed_precision
-    scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    augment_gen = torch.Generator().manual_seed(seed + 1)
-    augment = cfg.augment.enabled and is_image and not cfg.overfit_batches
-    shuffle = not cfg.overfit_batches
+    scheduler = make_scheduler(optimizer, cfg, math.ceil(steps / cfg.grad_accumulation), higher_is_better=higher)
+    return _Run(
+        cfg=cfg, objective=objective, ctx=ctx, device=device, model=model, data=data, val=val, steps=steps,
+        optimizer=optimizer, scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cuda") if cfg.mixed_precision and device.type == "cuda" else None,
+        amp_dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+        shuffle_gen=torch.Generator().manual_seed(seed), augment_gen=torch.Generator().manual_seed(seed + 1),
+        ema=_ema_of(model, cfg.ema_decay) if cfg.ema_decay and not cfg.overfit_batches else None,
+        augment=cfg.augment.enabled and is_image and not cfg.overfit_batches,
+        shuffle=not cfg.overfit_batches, channels_last=cfg.channels_last and is_image,
+        sign=1.0 if higher else -1.0, train_model=model,
+    )  # fmt: skip
 
-    ema = _ema_of(model, cfg.ema_decay) if cfg.ema_decay and not cfg.overfit_batches else None
-    evaluated = ema.module if ema is not None else model  # the weights that are validated and kept
 
-    monitor = cfg.monitor
-    sign = -1.0 if monitor.endswith("loss") else 1.0  # maximise sign * value
-    s = _State(best_state=copy.deepcopy(evaluated.state_dict()))
-    resumed = None
-    saved = checkpointer.load() if checkpointer is not None else None
-    if saved is not None:
-        s = _restore(saved, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen, ema)
-        resumed = {"epoch": s.epoch, "step": s.step}
+def _start_state(r: _Run) -> tuple[_State, dict[str, int] | None]:
+    """A fresh state, or the one of a matching checkpoint (which also restores the model, optimiser,
+    schedule, scaler, EMA and RNG states) with the position it resumes from."""
+    fresh = _State(best_state=copy.deepcopy(r.evaluated.state_dict()))
+    saved = r.checkpointer.load() if r.checkpointer is not None else None
+    if saved is None:
+        return fresh, None
+    s = _restore(saved, r.model, r.optimizer, r.scheduler, r.scaler, r.shuffle_gen, r.augment_gen, r.ema)
+    return s, {"epoch": s.epoch, "step": s.step}
 
-    train_model: nn.Module = model
-    if ctx.enabled:
+
+def _wrap(r: _Run) -> nn.Module:
+    """The model as trained: in DistributedDataParallel under torchrun, compiled with `compile` on."""
+    train_model: nn.Module = r.model
+    if r.ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
+        device_ids = [r.device.index] if r.device.type == "cuda" else None
+        train_model = DistributedDataParallel(r.model, device_ids=device_ids)
+    if r.cfg.compile:
         train_model = torch.compile(train_model)
+    return train_model
 
-    def save(next_epoch: int, next_step: int, order: torch.Tensor | None) -> None:
-        if checkpointer is not None and ctx.is_main:
-            s.epoch, s.step = next_epoch, next_step
-            checkpointer.save(_snapshot(s, model, optimizer, scheduler, scaler, shuffle_gen, augment_gen, order, ema))
 
-    bar = _Progress(cfg.epochs, steps, enabled=progress and ctx.is_main)
-    with bar:
-        if resumed is not None:
-            bar.note(f"resumed from checkpoint: epoch {s.epoch}, step {s.step}")
-        while s.epoch <= cfg.epochs and not s.stopped:
-            epoch = s.epoch
-            model.train()
-            if s.step == 0:
-                s.order = torch.randperm(len(data), generator=shuffle_gen) if shuffle else torch.arange(len(data))
-                s.total, s.count, s.seconds = 0.0, 0, 0.0
-            order = s.order.to(device)
-            bar.start_epoch(epoch, s.step)
-            grads: dict[str, float] = {}
-            inspect_now = cfg.inspect.every_epochs > 0 and epoch % cfg.inspect.every_epochs == 0
-            t0 = time.perf_counter()
-            for step in range(s.step, steps):
-                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                local = idx.tensor_split(ctx.world)[ctx.rank] if ctx.enabled else idx
-                inputs = tuple(t[local] for t in data.inputs)
-                y = data.y[local]
-                if augment:
-                    mx = inputs[0]
-                    inputs = (random_affine_on(mx, augment_gen, cfg.augment), *inputs[1:])
-                if cfg.channels_last and is_image:
-                    inputs = (inputs[0].contiguous(memory_format=torch.channels_last), *inputs[1:])
-                boundary = (step + 1) % accum == 0 or step == steps - 1
-                sync = train_model.no_sync() if ctx.enabled and not boundary else contextlib.nullcontext()
-                with sync:
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        logits = train_model(*inputs)
-                    loss_sum = F.cross_entropy(
-                        logits.float(), y, reduction="sum", label_smoothing=cfg.label_smoothing
-                    )
-                    loss_value = loss_sum.item()
-                    if not math.isfinite(loss_value):
-                        raise TrainingError(
-                            f"training diverged: the loss became {loss_value} at epoch {epoch}, batch {step}. "
-                            f"Lower the learning rate (train.lr is {cfg.lr:g}) or check the inputs for "
-                            "extreme values."
-                        )
-                    loss = loss_sum * (ctx.world / max(1, len(idx)) / accum)
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                s.total += loss_value
-                s.count += int(y.shape[0])
-                if boundary:
-                    if cfg.grad_clip_norm:
-                        if scaler is not None:
-                            scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    if inspect_now and step == steps - 1:
-                        from torchcycle.training.inspection import gradient_stats
+def _save(r: _Run, s: _State, next_epoch: int, next_step: int, order: torch.Tensor | None) -> None:
+    """Record the position to continue from and, with a checkpointer (on the main rank), save it all."""
+    s.epoch, s.step = next_epoch, next_step
+    if r.checkpointer is not None and r.ctx.is_main:
+        checkpoint = _snapshot(s, r.model, r.optimizer, r.scheduler, r.scaler, r.shuffle_gen, r.augment_gen,
+                               order, r.ema)  # fmt: skip
+        r.checkpointer.save(checkpoint)
 
-                        grads = gradient_stats(model)
-                    optimizer.zero_grad(set_to_none=True)
-                    if ema is not None:
-                        ema.update_parameters(model)
-                    s.opt_step += 1
-                    if scheduler is not None and cfg.scheduler in PER_STEP_SCHEDULES:
-                        scheduler.step()
-                    every = getattr(checkpointer, "every_steps", 0)
-                    if every and s.opt_step % every == 0 and step < steps - 1:
-                        s.seconds += time.perf_counter() - t0
-                        save(epoch, step + 1, s.order)
-                        s.step = 0
-                        t0 = time.perf_counter()
-                bar.step(s.total / max(s.count, 1))
-            s.seconds += time.perf_counter() - t0
-            total, count = all_reduce_sum([s.total, float(s.count)], ctx, device)
-            lr = optimizer.param_groups[0]["lr"]
-            logs: dict[str, float] = {"epoch": epoch, "train_loss": total / max(count, 1.0), "lr": lr,
-                                      "train_seconds": s.seconds}  # fmt: skip
-            logs.update(validation_logs(evaluated, val, n_classes))
-            if scheduler is not None and cfg.scheduler == "step":
-                scheduler.step()
-            elif scheduler is not None and cfg.scheduler == "plateau":
-                scheduler.step(logs[monitor])
-            s.history.append(logs)
-            extra: dict[str, float] = {}
-            if inspect_now:
-                from torchcycle.training.inspection import activation_stats
 
-                extra = {**activation_stats(model, tuple(t[:256] for t in val.inputs)), **grads}
-                s.inspections[epoch] = extra
-            if ctx.is_main:
-                for cb in callbacks:
-                    cb.on_epoch_end(epoch, {**logs, **extra})
-            score = sign * logs[monitor]
-            if math.isnan(score):
-                score = -math.inf
-            if score > s.best_score + cfg.early_stopping.min_delta or s.best_epoch == 0:
-                s.best_score, s.best_epoch, s.stale = score, epoch, 0
-                s.best_state = copy.deepcopy(evaluated.state_dict())
-            else:
-                s.stale += 1
-            bar.epoch_done(epoch, logs, monitor)
-            if cfg.early_stopping.enabled and not cfg.overfit_batches and s.stale >= cfg.early_stopping.patience:
-                s.stopped = True
-                kept = f"restored the weights of epoch {s.best_epoch}" if cfg.restore_best else "kept the last weights"
-                s.notes.append(f"early stopping at epoch {epoch}: {monitor} did not improve for {s.stale} epochs; {kept}")
-                bar.note(s.notes[-1])
-            s.epoch, s.step = epoch + 1, 0
-            save(epoch + 1, 0, None)
-    if cfg.restore_best and not cfg.overfit_batches:
-        model.load_state_dict(s.best_state)
-        kept_epoch = s.best_epoch
+def _inspects(cfg, epoch: int) -> bool:
+    return cfg.inspect.every_epochs > 0 and epoch % cfg.inspect.every_epochs == 0
+
+
+def _train_epoch(r: _Run, s: _State, bar: _Progress) -> dict[str, float]:
+    """One epoch's micro-batches from `s.step` on (a resumed epoch continues where it stopped), with an
+    optimiser step every `grad_accumulation` of them and mid-epoch checkpoints every
+    `checkpointer.every_steps` optimiser steps. Returns the gradient statistics when inspecting."""
+    epoch, cfg = s.epoch, r.cfg
+    r.model.train()
+    if s.step == 0:
+        s.order = torch.randperm(len(r.data), generator=r.shuffle_gen) if r.shuffle else torch.arange(len(r.data))
+        s.total, s.count, s.seconds = 0.0, 0, 0.0
+    order = s.order.to(r.device)
+    bar.start_epoch(epoch, s.step)
+    grads: dict[str, float] = {}
+    every = getattr(r.checkpointer, "every_steps", 0)
+    t0 = time.perf_counter()
+    for step in range(s.step, r.steps):
+        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        boundary = (step + 1) % cfg.grad_accumulation == 0 or step == r.steps - 1
+        _forward_backward(r, s, idx, epoch, step, boundary)
+        if boundary:
+            grads = _optimizer_step(r, s, inspect=_inspects(cfg, epoch) and step == r.steps - 1) or grads
+            if every and s.opt_step % every == 0 and step < r.steps - 1:
+                s.seconds += time.perf_counter() - t0
+                _save(r, s, epoch, step + 1, s.order)
+                s.step = 0
+                t0 = time.perf_counter()
+        bar.step(s.total / max(s.count, 1))
+    s.seconds += time.perf_counter() - t0
+    return grads
+
+
+def _batch(r: _Run, local: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """The inputs and targets at `local`, augmented and in channels-last format as configured."""
+    inputs = tuple(t[local] for t in r.data.inputs)
+    if r.augment:
+        inputs = (random_affine_on(inputs[0], r.augment_gen, r.cfg.augment), *inputs[1:])
+    if r.channels_last:
+        inputs = (inputs[0].contiguous(memory_format=torch.channels_last), *inputs[1:])
+    return inputs, r.data.y[local]
+
+
+def _forward_backward(r: _Run, s: _State, idx: torch.Tensor, epoch: int, step: int, boundary: bool) -> None:
+    """Forward and backward pass of this rank's slice of the global batch `idx`; gradients are
+    synchronised across ranks only at an accumulation boundary. The loss is scaled so that the
+    accumulated, rank-averaged gradient is that of the mean loss over the global batch."""
+    ctx, train_model = r.ctx, r.train_model
+    local = idx.tensor_split(ctx.world)[ctx.rank] if ctx.enabled else idx
+    inputs, y = _batch(r, local)
+    sync = train_model.no_sync() if ctx.enabled and not boundary else contextlib.nullcontext()
+    with sync:
+        with torch.autocast(r.device.type, dtype=r.amp_dtype, enabled=r.cfg.mixed_precision):
+            outputs = train_model(*inputs)
+        loss_sum = r.objective.loss(outputs, y, r.cfg.label_smoothing)
+        loss_value = loss_sum.item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"training diverged: the loss became {loss_value} at epoch {epoch}, batch {step}. "
+                f"Lower the learning rate (train.lr is {r.cfg.lr:g}) or check the inputs for extreme values."
+            )
+        loss = loss_sum * (ctx.world / max(1, len(idx)) / r.cfg.grad_accumulation)
+        (r.scaler.scale(loss) if r.scaler is not None else loss).backward()
+    s.total += loss_value
+    s.count += int(y.shape[0])
+
+
+def _optimizer_step(r: _Run, s: _State, inspect: bool) -> dict[str, float] | None:
+    """Clip, step (through the GradScaler on CUDA AMP), update the EMA and a per-step schedule. Returns
+    the gradient statistics (taken before the gradients are cleared) when `inspect`, else None."""
+    cfg, scaler, optimizer = r.cfg, r.scaler, r.optimizer
+    if cfg.grad_clip_norm:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(r.model.parameters(), cfg.grad_clip_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
     else:
-        if ema is not None:
-            model.load_state_dict(ema.module.state_dict())
-        kept_epoch = int(s.history[-1]["epoch"]) if s.history else 0
-    return FitResult(s.history, s.best_epoch, sign * s.best_score, s.stopped, monitor, kept_epoch, s.notes, resumed,
-                     s.inspections)
+        optimizer.step()
+    grads = None
+    if inspect:
+        from torchcycle.training.inspection import gradient_stats
+
+        grads = gradient_stats(r.model)
+    optimizer.zero_grad(set_to_none=True)
+    if r.ema is not None:
+        r.ema.update_parameters(r.model)
+    s.opt_step += 1
+    if r.scheduler is not None and cfg.scheduler in PER_STEP_SCHEDULES:
+        r.scheduler.step()
+    return grads
+
+
+def _end_epoch(r: _Run, s: _State, epoch: int, grads: dict[str, float], bar: _Progress) -> None:
+    """Training loss and validation metrics into the history, epoch-level schedules, inspection,
+    callbacks, best-weights tracking and early stopping."""
+    total, count = all_reduce_sum([s.total, float(s.count)], r.ctx, r.device)
+    logs: dict[str, float] = {"epoch": epoch, "train_loss": total / max(count, 1.0),
+                              "lr": r.optimizer.param_groups[0]["lr"], "train_seconds": s.seconds}  # fmt: skip
+    logs.update(validation_logs(r.evaluated, r.val, r.objective))
+    if r.scheduler is not None and r.cfg.scheduler == "step":
+        r.scheduler.step()
+    elif r.scheduler is not None and r.cfg.scheduler == "plateau":
+        r.scheduler.step(logs[r.cfg.monitor])
+    s.history.append(logs)
+    extra: dict[str, float] = {}
+    if _inspects(r.cfg, epoch):
+        from torchcycle.training.inspection import activation_stats
+
+        extra = {**activation_stats(r.model, tuple(t[:256] for t in r.val.inputs)), **grads}
+        s.inspections[epoch] = extra
+    if r.ctx.is_main:
+        for cb in r.callbacks:
+            cb.on_epoch_end(epoch, {**logs, **extra})
+    _track_best(r, s, epoch, logs[r.cfg.monitor])
+    bar.epoch_done(epoch, logs, r.cfg.monitor)
+    _early_stop(r, s, epoch, bar)
+
+
+def _track_best(r: _Run, s: _State, epoch: int, value: float) -> None:
+    """Keep a copy of the evaluated weights when the monitored value improves by more than min_delta."""
+    score = r.sign * value
+    if math.isnan(score):
+        score = -math.inf
+    if score > s.best_score + r.cfg.early_stopping.min_delta or s.best_epoch == 0:
+        s.best_score, s.best_epoch, s.stale = score, epoch, 0
+        s.best_state = copy.deepcopy(r.evaluated.state_dict())
+    else:
+        s.stale += 1
+
+
+def _early_stop(r: _Run, s: _State, epoch: int, bar: _Progress) -> None:
+    cfg = r.cfg
+    if cfg.early_stopping.enabled and not cfg.overfit_batches and s.stale >= cfg.early_stopping.patience:
+        s.stopped = True
+        kept = f"restored the weights of epoch {s.best_epoch}" if cfg.restore_best else "kept the last weights"
+        s.notes.append(f"early stopping at epoch {epoch}: {cfg.monitor} did not improve for {s.stale} epochs; {kept}")
+        bar.note(s.notes[-1])
+
+
+def _final_weights(r: _Run, s: _State) -> int:
+    """Load the weights the model ends with and return the epoch they are from: the best epoch's (with
+    `restore_best`, outside overfit mode), else the last epoch's (their moving average with EMA on)."""
+    if r.cfg.restore_best and not r.cfg.overfit_batches:
+        r.model.load_state_dict(s.best_state)
+        return s.best_epoch
+    if r.ema is not None:
+        r.model.load_state_dict(r.ema.module.state_dict())
+    return int(s.history[-1]["epoch"]) if s.history else 0
 
 
 def random_affine_on(x: torch.Tensor, generator: torch.Generator, aug) -> torch.Tensor:
@@ -474,7 +587,9 @@ class _Progress:
 
     def start_epoch(self, epoch: int, done: int) -> None:
         if self._progress is not None:
-            self._progress.reset(self._task, total=self.steps, completed=done, epoch=epoch, info="")
+            # reset replaces all the task's fields, so epochs goes in again
+            self._progress.reset(self._task, total=self.steps, completed=done, epoch=epoch, epochs=self.epochs,
+                                 info="")  # fmt: skip
 
     def step(self, loss: float) -> None:
         if self._progress is not None:
@@ -485,10 +600,15 @@ class _Progress:
             self._progress.console.print(f"[bold]{message}")
 
     def epoch_done(self, epoch: int, logs: dict[str, float], monitor: str) -> None:
+        """One line per epoch: the training loss, every validation metric (the monitored one in bold)
+        and the learning rate."""
         if self._progress is not None:
+            metrics = "  ".join(
+                f"[bold]{k} {v:.4f}[/bold]" if k == monitor else f"{k} {v:.4f}"
+                for k, v in logs.items() if k.startswith("val_")
+            )  # fmt: skip
             self._progress.console.print(
-                f"epoch {epoch:>3}  train_loss {logs['train_loss']:.4f}  val_loss {logs['val_loss']:.4f}  "
-                f"val_accuracy {logs['val_accuracy']:.4f}  {monitor} {logs[monitor]:.4f}  lr {logs['lr']:.2e}"
+                f"epoch {epoch:>3}  train_loss {logs['train_loss']:.4f}  {metrics}  lr {logs['lr']:.2e}"
             )
 
     def __exit__(self, *exc: object) -> None:

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torchcycle.atomic import read_json, write_json, write_text
+from torchcycle.atomic import write_json, write_text
 from torchcycle.config import Params
 from torchcycle.errors import ConfigError, TrainingError
 from torchcycle.paths import TaskPaths
-
-MAXIMISE = ("val_accuracy", "val_roc_auc")
+from torchcycle.training.objectives import higher_is_better
 
 
 class PruningCallback:
@@ -77,8 +76,10 @@ def run(params: Params, task: str, root: Path, trials: int | None = None, output
     import mlflow
     import optuna
 
-    from torchcycle.models.factory import build_model, model_spec
-    from torchcycle.stages.common import load_split
+    from torchcycle.artifacts import load_split, read_schema
+    from torchcycle.kinds import kind_of
+    from torchcycle.models.factory import build_model
+    from torchcycle.targets import target_of
     from torchcycle.tracking import mlflow_run
     from torchcycle.training.loop import fit
     from torchcycle.training.reproducibility import configure_threads, seed_everything
@@ -90,9 +91,10 @@ def run(params: Params, task: str, root: Path, trials: int | None = None, output
     n_trials = trials or tune.trials
     paths = TaskPaths(task, root)
     train, val = load_split(paths, "train"), load_split(paths, "val")  # loaded once, reused by every trial
-    schema = read_json(paths.schema)
-    n_classes = len(schema["classes"])
-    direction = "maximize" if tune.metric in MAXIMISE else "minimize"
+    schema = read_schema(paths)
+    target = target_of(schema["target"])
+    n_outputs = target.n_outputs(schema["target"])
+    direction = "maximize" if higher_is_better(tune.metric) else "minimize"
     threads = configure_threads(base.train.num_threads)
 
     def objective(trial: Any) -> float:
@@ -103,7 +105,7 @@ def run(params: Params, task: str, root: Path, trials: int | None = None, output
         over["train.checkpoint.enabled"] = False
         cfg = apply_overrides(base, over)
         seed_everything(params.seed)
-        model = build_model(model_spec(cfg, schema, train.inputs))
+        model = build_model(kind_of(cfg).model_spec(cfg, schema, train.inputs, n_outputs))
         parent_exp = mlflow.active_run().info.experiment_id  # children go to the parent's experiment
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, experiment_id=parent_exp,
                               tags={"task": task, "stage": "tune-trial"}):
@@ -111,7 +113,8 @@ def run(params: Params, task: str, root: Path, trials: int | None = None, output
             start = time.perf_counter()
             pruning = [PruningCallback(trial, tune.metric, direction == "maximize")] if tune.prune_after else []
             try:
-                result = fit(model, train, val, cfg.train, n_classes=n_classes, seed=params.seed, progress=False,
+                result = fit(model, train, val, cfg.train, objective=target.objective(schema["target"], cfg.train),
+                             seed=params.seed, progress=False,
                              callbacks=pruning)
             except TrainingError as exc:  # a diverging point is a bad point, not a failed search
                 mlflow.set_tag("failure", str(exc))

@@ -36,17 +36,17 @@ class TabularShap:
 
 
 class ExplainedOutput(nn.Module):
-    """The quantity SHAP explains: log-odds for binary tasks (one number a person can read), logits
-    otherwise. Linear in the logits, so DeepExplainer's rules still apply."""
+    """The quantity SHAP explains: the target type's readout of the model output (log-odds for binary
+    tasks, logits otherwise, the value in target units for regression). Linear in the model output, so
+    DeepExplainer's rules still apply."""
 
-    def __init__(self, model: nn.Module, n_classes: int) -> None:
+    def __init__(self, model: nn.Module, readout: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.binary = n_classes == 2
+        self.readout = readout
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        logits = self.model.forward_encoded(z)
-        return logits[:, 1:2] - logits[:, 0:1] if self.binary else logits
+        return self.readout(self.model.forward_encoded(z))
 
 
 def encoded_widths(model: nn.Module, n_numeric: int) -> list[int]:
@@ -75,7 +75,7 @@ def explain_tabular(
     background: tuple[torch.Tensor, torch.Tensor],
     rows: tuple[torch.Tensor, torch.Tensor],
     columns: list[str],
-    n_classes: int,
+    readout: nn.Module,
     method: str = "deep",
 ) -> TabularShap:
     """SHAP values of `rows` against `background` (both (x_num, x_cat)) per original column.
@@ -86,7 +86,7 @@ def explain_tabular(
     import shap
 
     model = model.eval()
-    explained = ExplainedOutput(model, n_classes).eval()
+    explained = ExplainedOutput(model, readout).eval()
     with torch.no_grad():
         z_bg = model.encode(*background).detach()
         z = model.encode(*rows).detach()
@@ -163,10 +163,12 @@ def global_importance(values: np.ndarray, columns: list[str]) -> pd.DataFrame:  
     return table.sort_values("mean_abs_shap", ascending=False, ignore_index=True)
 
 
-def pick_local_rows(y: np.ndarray, pred: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Indices of rows for local plots: half misclassified (when there are any), the rest correct."""
+def pick_local_rows(error: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of rows for local plots: half of them wrong (misclassified, or a large error) when there
+    are any, the rest right."""
     rng = np.random.default_rng(seed)
-    wrong, right = np.flatnonzero(y != pred), np.flatnonzero(y == pred)
+    error = np.asarray(error, dtype=bool)
+    wrong, right = np.flatnonzero(error), np.flatnonzero(~error)
     n_wrong = min(len(wrong), max(n // 2, 1 if n else 0))
     picked = list(rng.choice(wrong, n_wrong, replace=False)) if n_wrong else []
     picked += list(rng.choice(right, min(len(right), n - n_wrong), replace=False))
