@@ -101,7 +101,7 @@ def main() -> None:
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     from dashboards import data
 
-    from torchcycle.stages.export import machine
+    from torchcycle.machine import machine
 
     tasks = data.tasks()
     load_at_start = os.getloadavg()

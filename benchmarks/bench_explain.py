@@ -32,16 +32,18 @@ def main() -> None:
 
     from common import machine_now, model_for
 
+    from torchcycle.artifacts import load_split
     from torchcycle.atomic import read_json, write_json
-    from torchcycle.explain.tabular import explain_tabular
+    from torchcycle.kinds.tabular.preprocess import feature_names
+    from torchcycle.kinds.tabular.shap import explain_tabular
     from torchcycle.paths import TaskPaths
-    from torchcycle.stages.common import load_split
+    from torchcycle.targets.classification import log_odds
 
     paths = TaskPaths("adult", ROOT)
     train, test = load_split(paths, "train"), load_split(paths, "test")
     model, weights = model_for("adult")
     state = read_json(paths.preprocessor)
-    columns = [c["name"] for c in state["numeric"]] + [c["name"] for c in state["categorical"]]
+    columns = feature_names(state)
     rng = np.random.default_rng(0)
     bg = np.sort(rng.choice(len(train), args.background, replace=False))
     rows = np.sort(rng.choice(len(test), min(args.rows, len(test)), replace=False))
@@ -51,7 +53,7 @@ def main() -> None:
     wall, cpu, errors = [], [], []
     for _ in range(args.repeats):
         t0, c0 = time.perf_counter(), time.process_time()
-        result = explain_tabular(model, background, explained, columns, n_classes=2)
+        result = explain_tabular(model, background, explained, columns, log_odds())
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
         errors.append(result.additivity_error)

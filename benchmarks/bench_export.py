@@ -50,19 +50,24 @@ def measure(task: str, kind: str, variant: str, rounds: int, seconds: float) -> 
     from common import model_for
 
     import torchcycle.export.onnx as X
+    from torchcycle.artifacts import load_split, read_schema
+    from torchcycle.kinds import get_kind
     from torchcycle.paths import TaskPaths
-    from torchcycle.stages.common import load_split
+    from torchcycle.targets import target_of
 
     model, weights = model_for(task)
     if variant == "dense":
         model = DenseFirstLayer(model)
-    test = load_split(TaskPaths(task, ROOT), "test")
-    blob = X.export_onnx(model, test.inputs, kind)
+    paths = TaskPaths(task, ROOT)
+    test, target_state = load_split(paths, "test"), read_schema(paths)["target"]
+    kind_obj, target = get_kind(kind), target_of(target_state)
+    graph = kind_obj.onnx_module(model, target.head(target_state)).eval()
+    blob = X.export_onnx(graph, test.inputs, kind_obj.input_names({}), "outputs")
     session = X.ort_session(blob, threads=1)
-    bench = X.benchmark(model, session, test.inputs, repeats=1000, min_seconds=seconds, threads=1, rounds=rounds)
-    parity = X.parity(X.torch_proba(model, test.inputs),
-                      X.run_session(session, tuple(t.numpy() for t in test.inputs)), 1e-4)  # fmt: skip
-    after = X.benchmark(model, session, test.inputs, repeats=1000, min_seconds=seconds, threads=1, rounds=rounds,
+    bench = X.benchmark(graph, session, test.inputs, repeats=1000, min_seconds=seconds, threads=1, rounds=rounds)
+    parity = target.parity(X.torch_outputs(graph, test.inputs),
+                           X.run_session(session, tuple(t.numpy() for t in test.inputs)), 1e-4)  # fmt: skip
+    after = X.benchmark(graph, session, test.inputs, repeats=1000, min_seconds=seconds, threads=1, rounds=rounds,
                         batches=(1,))
     return {"weights": weights, "parity_max_abs_diff": parity["max_abs_diff"],
             "onnx_nodes": len(onnx.load_from_string(blob).graph.node), **bench,

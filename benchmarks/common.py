@@ -16,25 +16,27 @@ ROOT = Path(__file__).resolve().parents[1]
 def model_for(task: str) -> tuple[nn.Module, str]:
     """The trained model in models/<task> when there is one, else the architecture from params.yaml
     with its initial weights (what the benchmarks time does not depend on the weight values)."""
-    from torchcycle.atomic import read_json
+    from torchcycle.artifacts import load_model, load_split, read_schema
     from torchcycle.config import load_params
-    from torchcycle.models.factory import build_model, model_spec
+    from torchcycle.kinds import kind_of
+    from torchcycle.models.factory import build_model
     from torchcycle.paths import TaskPaths
-    from torchcycle.stages.common import load_model, load_split
+    from torchcycle.targets import target_of
 
     paths = TaskPaths(task, ROOT)
     if paths.weights.exists():
         model, _ = load_model(paths.models)
         return model.eval(), f"trained (models/{task})"
     torch.manual_seed(0)
-    spec = model_spec(load_params(ROOT / "params.yaml").task(task), read_json(paths.schema),
-                      load_split(paths, "train").inputs)
+    cfg, schema = load_params(ROOT / "params.yaml").task(task), read_schema(paths)
+    n_outputs = target_of(schema["target"]).n_outputs(schema["target"])
+    spec = kind_of(cfg).model_spec(cfg, schema, load_split(paths, "train").inputs, n_outputs)
     return build_model(spec).eval(), "initial (no trained model found)"
 
 
 def machine_now() -> dict[str, Any]:
     """The machine and its load at the moment of measuring."""
-    from torchcycle.stages.export import machine
+    from torchcycle.machine import machine
 
     return {**machine(), "load_average_1m": os.getloadavg()[0], "torch": torch.__version__,
             "platform": platform.platform()}

@@ -45,7 +45,7 @@ class Predictor:
         if METADATA_TARGET in meta:
             self.target_state: dict[str, Any] = json.loads(meta[METADATA_TARGET])
         else:  # exported before targets had a type: a classifier
-            self.target_state = {"type": "classification", "classes": json.loads(meta[METADATA_CLASSES])}
+            self.target_state = {"type": target_of({}).name, "classes": json.loads(meta[METADATA_CLASSES])}
         self.kind = kind_of(self.state)
         self.target = target_of(self.target_state)
 

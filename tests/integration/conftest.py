@@ -70,7 +70,8 @@ def shrink(params: dict) -> dict:
     """An epoch or two on a few hundred rows: the real code paths, in seconds."""
     params["adult"]["source"]["max_rows"] = 600
     params["mnist"]["source"]["max_images"] = 300
-    for task in ("adult", "mnist"):
+    params["diamonds"]["source"]["max_rows"] = 1500
+    for task in ("adult", "mnist", "diamonds"):
         params[task]["train"]["epochs"] = 2
     params.setdefault("explain", {}).update(max_rows=150, background_rows=40, local_examples=2, examples_per_class=1)
     # timings on a busy test machine are reported, not gated (the floor is checked on the real run)

@@ -31,7 +31,8 @@ def reproduced(project: Project) -> Project:
     proc = project.run("dvc", "repro")
     assert "Running stage 'evaluate@mnist'" in proc.stdout
     for stage in ("explain", "export", "register"):
-        assert f"Running stage '{stage}@adult'" in proc.stdout and f"Running stage '{stage}@mnist'" in proc.stdout
+        for task in ("adult", "mnist", "diamonds"):
+            assert f"Running stage '{stage}@{task}'" in proc.stdout
     project.commit("first run")
     return project
 
@@ -47,7 +48,7 @@ def test_stages_write_their_outputs(reproduced: Project) -> None:
         assert metrics.keys() >= METRIC_KEYS
         assert 0.0 <= metrics["accuracy"] <= 1.0
         assert set(metrics["per_class"]) == set(json.loads((root / "models" / task / "model_config.json")
-                                                           .read_text())["classes"])
+                                                           .read_text())["target"]["classes"])
         assert len(metrics["confusion_matrix"]) == len(metrics["per_class"])
         for name in ("roc", "precision_recall", "confusion", "calibration"):
             assert (root / "reports" / task / "evaluation" / f"{name}.csv").stat().st_size > 0
@@ -55,15 +56,43 @@ def test_stages_write_their_outputs(reproduced: Project) -> None:
             assert (root / "reports" / task / "figures" / name).read_bytes()[:4] == b"\x89PNG"
         validation = json.loads((root / "reports" / task / "validation.json").read_text())
         assert validation["status"] == "passed"
-        state = json.loads((root / "data" / "processed" / task / "preprocessor.json").read_text())
-        assert state["classes"]
+        schema = json.loads((root / "data" / "processed" / task / "schema.json").read_text())
+        assert schema["target"]["type"] == "classification" and schema["target"]["classes"]
     assert (root / "data" / "raw" / "adult" / "test.parquet").exists()
     manifest = (root / "data" / "raw" / "mnist" / "manifest.csv").read_text().splitlines()
     assert len(manifest) == 1 + 300
     # the lock file versions every stage output
     lock = (root / "dvc.lock").read_text()
-    for stage in ("ingest@adult", "preprocess@mnist", "train@adult", "evaluate@mnist"):
+    for stage in ("ingest@adult", "preprocess@mnist", "train@adult", "evaluate@mnist", "register@diamonds"):
         assert stage in lock
+
+
+def test_regression_task_writes_regression_outputs(reproduced: Project) -> None:
+    root = reproduced.root / "reports" / "diamonds"
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert metrics.keys() >= {"rmse", "mae", "r2", "mape", "interval_coverage", "interval_mean_width"}
+    predictions = pd.read_csv(root / "predictions.csv")
+    assert list(predictions.columns) == ["actual", "predicted", "lower", "upper"]
+    assert (predictions["lower"] <= predictions["predicted"]).all()
+    assert (predictions["predicted"] <= predictions["upper"]).all()
+    # the metrics are those of the written predictions, in dollars (the log transform undone)
+    err = predictions["actual"] - predictions["predicted"]
+    assert metrics["rmse"] == pytest.approx(float(np.sqrt((err**2).mean())), rel=1e-6)
+    inside = (predictions["actual"] >= predictions["lower"]) & (predictions["actual"] <= predictions["upper"])
+    assert metrics["interval_coverage"] == pytest.approx(float(inside.mean()))
+    assert predictions["actual"].min() > 100  # prices, not log-prices or standard scores
+    for name in ("predicted_vs_actual", "residuals", "residual_histogram"):
+        assert (root / "evaluation" / f"{name}.csv").stat().st_size > 0
+        assert (root / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (root / "evaluation" / "roc.csv").exists()
+    validation = json.loads((root / "validation.json").read_text())["summary"]
+    assert validation["target_type"] == "regression"
+    config = json.loads((reproduced.root / "models" / "diamonds" / "model_config.json").read_text())
+    assert config["target"]["transform"] == "log" and config["target"]["halfwidth"] > 0
+    explain = json.loads((root / "explain" / "summary.json").read_text())
+    assert explain["explained_output"] == "predicted log(price)" and explain["additivity_error"] < 1e-3
+    registry = json.loads((root / "registry.json").read_text())
+    assert registry["decision"]["metric"] == "rmse" and not registry["decision"]["higher_is_better"]
 
 
 def test_mlflow_holds_one_run_per_task_with_everything(reproduced: Project) -> None:
@@ -105,7 +134,7 @@ def test_explain_outputs(reproduced: Project) -> None:
     assert summary["rows"] == 150 and summary["additivity_error"] < 1e-3
     values = pd.read_parquet(adult / "shap_values.parquet")
     assert len(values) == 150
-    assert {"test_index", "actual", "predicted", "proba.>50K", "value.education", "shap.education"} <= set(values)
+    assert {"test_index", "actual", "predicted", "output.proba_>50K", "value.education", "shap.education"} <= set(values)
     assert not any(c.startswith("shap.education_") for c in values)  # summed back to the original column
     shap_cols = [c for c in values if c.startswith("shap.")]
     total = values[shap_cols].sum(axis=1) + values["expected_value"]
@@ -123,6 +152,10 @@ def test_explain_outputs(reproduced: Project) -> None:
 
 
 def test_export_parity_and_benchmark(reproduced: Project) -> None:
+    diamonds = _json(reproduced, "reports/diamonds/export.json")
+    assert diamonds["output"]["columns"] == ["prediction", "lower", "upper"]
+    for key in ("parity", "parity_from_raw_input"):
+        assert diamonds[key]["passed"] and diamonds[key]["max_rel_diff"] <= 1e-4
     for task in ("adult", "mnist"):
         report = _json(reproduced, f"reports/{task}/export.json")
         for key in ("parity", "parity_from_raw_input"):
@@ -189,6 +222,15 @@ def test_predict_cli_uses_the_champion(reproduced: Project, tmp_path) -> None:
         (folder / f"{i}.png").write_bytes(f.read_bytes())
     out = reproduced.run("torchcycle", "predict", "--task", "mnist", "--input", str(folder)).stdout
     assert len(out.strip().splitlines()) == 1 + 3 and out.startswith("path,predicted,proba_0")
+
+    gems = pd.read_parquet(reproduced.root / "data" / "raw" / "diamonds" / "train.parquet").head(4)
+    gems.drop(columns="price").to_csv(tmp_path / "gems.csv", index=False)
+    reproduced.run("torchcycle", "predict", "--task", "diamonds", "--input", str(tmp_path / "gems.csv"),
+                   "--output", str(tmp_path / "prices.csv"))
+    prices = pd.read_csv(tmp_path / "prices.csv")
+    assert list(prices.columns) == ["predicted", "lower", "upper"] and len(prices) == 4
+    assert ((prices["lower"] < prices["predicted"]) & (prices["predicted"] < prices["upper"])).all()
+    assert prices["predicted"].between(100, 50_000).all()
     # an unreadable image is the same PredictionInputError (tests/unit/test_export_serving.py)
 
 
@@ -209,12 +251,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_models_serve_answers_on_localhost(reproduced: Project) -> None:
+@pytest.mark.parametrize(("task", "bad_column"), [("adult", "age"), ("diamonds", "carat")])
+def test_mlflow_models_serve_answers_on_localhost(reproduced: Project, task: str, bad_column: str) -> None:
     port = _free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DO_NOT_TRACK": "true",
            "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_TRACKING_URI": f"sqlite:///{reproduced.root / 'mlflow.db'}"}
     server = subprocess.Popen(
-        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/torchcycle-adult@champion", "--env-manager",
+        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/torchcycle-{task}@champion", "--env-manager",
          "local", "-h", "127.0.0.1", "-p", str(port)],
         cwd=reproduced.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
@@ -230,20 +273,21 @@ def test_mlflow_models_serve_answers_on_localhost(reproduced: Project) -> None:
         from torchcycle.serving import Predictor
 
         # raw records, as they appear in the source file (the target column is ignored)
-        rows = pd.read_parquet(reproduced.root / "data" / "raw" / "adult" / "test.parquet").head(3)
+        split = "test" if task == "adult" else "train"
+        rows = pd.read_parquet(reproduced.root / "data" / "raw" / task / f"{split}.parquet").head(3)
         body = {"dataframe_records": json.loads(rows.to_json(orient="records"))}
         answer = _post_json(f"http://127.0.0.1:{port}/invocations", body)
         served = pd.DataFrame(answer["predictions"])
-        expected = Predictor(reproduced.root / "exports" / "adult" / "model.onnx").predict_records(rows)
+        expected = Predictor(reproduced.root / "exports" / task / "model.onnx").predict(rows)
         assert list(served.columns) == list(expected.columns)
         np.testing.assert_allclose(served.iloc[:, 1:].to_numpy(float), expected.iloc[:, 1:].to_numpy(float), atol=1e-5)
         assert (served["predicted"] == expected["predicted"]).all()
 
-        body["dataframe_records"][1]["age"] = "forty"
+        body["dataframe_records"][1][bad_column] = "forty"
         with pytest.raises(urllib.error.HTTPError) as bad:
             _post_json(f"http://127.0.0.1:{port}/invocations", body)
         assert bad.value.code == 400
-        assert "column 'age', row 1: 'forty' is not a number" in json.loads(bad.value.read())["message"]
+        assert f"column '{bad_column}', row 1: 'forty' is not a number" in json.loads(bad.value.read())["message"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -264,8 +308,8 @@ def test_registered_image_model_takes_image_files_through_pyfunc(reproduced: Pro
     mlflow.set_registry_uri(f"sqlite:///{reproduced.root / 'mlflow.db'}")
     served = mlflow.pyfunc.load_model("models:/torchcycle-mnist@champion").predict(
         pd.DataFrame({"image": [f.read_bytes() for f in files]}))
-    expected = Predictor(reproduced.root / "exports" / "mnist" / "model.onnx").predict_images(files)
-    np.testing.assert_allclose(served.iloc[:, 1:].to_numpy(float), expected.iloc[:, 2:].to_numpy(float), atol=1e-5)
+    expected = Predictor(reproduced.root / "exports" / "mnist" / "model.onnx").predict(pd.DataFrame({"image": files}))
+    np.testing.assert_allclose(served.iloc[:, 1:].to_numpy(float), expected.iloc[:, 1:].to_numpy(float), atol=1e-5)
 
 
 def test_second_repro_is_a_no_op(reproduced: Project) -> None:

@@ -37,6 +37,29 @@ def _churn_csv(path: Path, n: int = 240, seed: int = 0) -> pd.DataFrame:
     return df
 
 
+def _rides_csv(path: Path, n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """A numeric target (ride minutes) with a date column, an ID column and a text column with very many
+    levels: the columns users really have."""
+    rng = np.random.default_rng(seed)
+    distance = rng.gamma(2.0, 3.0, n).round(2)
+    day = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 365, n), unit="D")
+    weekend = day.dayofweek >= 5
+    zone = rng.choice(["north", "south", "centre"], n)
+    minutes = 4 + 2.5 * distance + np.where(weekend, -3, 2) + np.where(zone == "centre", 5, 0) + rng.normal(0, 1, n)
+    df = pd.DataFrame({
+        "ride_id": [f"R-{i:06d}" for i in rng.permutation(n)],
+        "pickup_date": day.strftime("%Y-%m-%d"),
+        "distance_km": distance,
+        "zone": zone,
+        "street": [f"street {i}" for i in rng.integers(0, 400, n)],
+        "minutes": minutes.round(2),
+    })  # fmt: skip
+    df.loc[::29, "pickup_date"] = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+    return df
+
+
 def _shapes_folder(root: Path, per_class: int = 12, seed: int = 0) -> None:
     """Two classes of colour images of various sizes: bright squares vs dark ones."""
     rng = np.random.default_rng(seed)
@@ -55,8 +78,17 @@ def user_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     project = copy_project(tmp_path_factory.mktemp("user"))
     _churn_csv(project.root / "data" / "external" / "churn.csv")
     _shapes_folder(project.root / "data" / "external" / "shapes")
+    _rides_csv(project.root / "data" / "external" / "rides.csv")
     params = project.params()
-    params["tasks"] = ["churn", "shapes"]
+    params["tasks"] = ["churn", "shapes", "rides"]
+    params["rides"] = {
+        "kind": "tabular",
+        "source": {"path": "data/external/rides.csv", "target": "minutes"},  # target_type auto: a number
+        "split": {},
+        "preprocess": {"max_categories": 50},
+        "model": {"name": "mlp", "hidden_sizes": [32]},
+        "train": {"epochs": 30, "batch_size": 32, "lr": 0.01, "monitor": "val_rmse"},
+    }
     params["churn"] = {
         "kind": "tabular",
         "source": {"path": "data/external/churn.csv", "target": "churned", "positive_class": "yes"},
@@ -81,7 +113,7 @@ def user_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
 
 def test_user_csv_and_image_folder_tasks_run_through_params_alone(user_project: Project) -> None:
     root = user_project.root
-    for task in ("churn", "shapes"):
+    for task in ("churn", "shapes", "rides"):
         assert (root / "reports" / task / "metrics.json").exists(), task
     raw = pd.read_parquet(root / "data" / "raw" / "churn" / "train.parquet")
     assert len(raw) == 240 and raw["plan"].isna().sum() > 0  # missing values kept for the explicit policy
@@ -164,3 +196,79 @@ def test_params_typo_is_a_clear_error_and_outputs_stay(user_project: Project) ->
         assert _tree_digest(root / "models" / "churn") == before
     finally:
         user_project.params_file.write_text(text)
+
+
+def test_numeric_target_with_dates_ids_and_many_levels_runs_through_register(user_project: Project, tmp_path) -> None:
+    """A user's regression table: the inferred type and every column's fate are in the validation report;
+    dates become numbers, the ID column is dropped, the many-level column is capped; the model learns;
+    predict returns a value with an interval."""
+    import json
+
+    root = user_project.root
+    report = json.loads((root / "reports" / "rides" / "validation.json").read_text())["summary"]
+    assert report["target_type"] == "regression" and "auto" in report["target_type_reason"]
+    columns = report["columns"]
+    assert columns["ride_id"]["role"] == "dropped" and "ID-like" in columns["ride_id"]["detail"]
+    assert columns["pickup_date"]["role"] == "date"
+    assert columns["street"]["role"] == "categorical" and "capped to the 50 most frequent" in columns["street"]["detail"]
+    schema = json.loads((root / "data" / "processed" / "rides" / "schema.json").read_text())
+    assert schema["columns"] == {"distance_km": "numeric", "pickup_date": "date", "zone": "categorical",
+                                 "street": "categorical"}
+    assert "pickup_date.day_of_week" in schema["features"]
+    street = next(c for c in schema["categorical"] if c["name"] == "street")
+    assert len(street["categories"]) == 50
+    metrics = json.loads((root / "reports" / "rides" / "metrics.json").read_text())
+    target_std = pd.read_csv(root / "data" / "external" / "rides.csv")["minutes"].std()
+    assert metrics["rmse"] < 0.5 * target_std, metrics  # far better than predicting the mean
+    assert 0.6 <= metrics["interval_coverage"] <= 1.0
+    export = json.loads((root / "reports" / "rides" / "export.json").read_text())
+    assert export["parity"]["passed"] and export["parity_from_raw_input"]["passed"]
+    registry = json.loads((root / "reports" / "rides" / "registry.json").read_text())
+    assert registry["decision"]["metric"] == "rmse" and registry["decision"]["higher_is_better"] is False
+
+    rows = pd.read_csv(root / "data" / "external" / "rides.csv").head(4).drop(columns=["minutes", "ride_id"])
+    rows.loc[1, "street"] = "a street never seen"
+    rows.to_csv(tmp_path / "rides.csv", index=False)
+    user_project.run("torchcycle", "predict", "--task", "rides", "--input", str(tmp_path / "rides.csv"),
+                     "--output", str(tmp_path / "out.csv"))
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out.columns) == ["predicted", "lower", "upper"] and len(out) == 4
+    assert (out["lower"] < out["predicted"]).all() and (out["predicted"] < out["upper"]).all()
+
+    rows.loc[2, "pickup_date"] = "not a date"
+    rows.to_csv(tmp_path / "bad.csv", index=False)
+    bad = user_project.run("torchcycle", "predict", "--task", "rides", "--input", str(tmp_path / "bad.csv"),
+                           check=False)
+    assert bad.returncode == 2 and "column 'pickup_date', row 2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_regression_target_that_is_not_a_number_is_rejected(user_project: Project) -> None:
+    root = user_project.root
+    csv = root / "data" / "external" / "rides.csv"
+    good = csv.read_bytes()
+    before = _tree_digest(root / "data" / "raw" / "rides")
+    params = user_project.params_file.read_text()
+    try:
+        df = pd.read_csv(csv)
+        df["minutes"] = df["minutes"].astype(str)
+        df.loc[5, "minutes"] = "twelve"
+        df.to_csv(csv, index=False)
+        p = user_project.params()
+        p["rides"]["source"]["target_type"] = "regression"
+        user_project.write_params(p)
+        _expect_failure(user_project, "ingest@rides", "'twelve'", "must be a number for regression")
+        assert _tree_digest(root / "data" / "raw" / "rides") == before
+    finally:
+        csv.write_bytes(good)
+        user_project.params_file.write_text(params)
+
+
+def test_many_numeric_classes_suggest_regression(user_project: Project) -> None:
+    params = user_project.params_file.read_text()
+    try:
+        p = user_project.params()
+        p["rides"]["source"]["target_type"] = "classification"
+        user_project.write_params(p)
+        _expect_failure(user_project, "ingest@rides", "too many to be classes", "target_type: regression")
+    finally:
+        user_project.params_file.write_text(params)

@@ -36,7 +36,7 @@ def minimal_params(**extra) -> dict:
     """One tabular task with every section present; the others are empty and take the defaults."""
     section = {
         "kind": "tabular",
-        "source": {"builtin": "adult"},
+        "source": {"builtin": "adult", "target": "income"},
         "split": {},
         "preprocess": {},
         "model": {"name": "mlp"},
@@ -66,6 +66,22 @@ def test_unknown_task_name_lookup_lists_the_defined_tasks():
     params = parse_params(minimal_params())
     with pytest.raises(ConfigError, match=r"unknown task 'iris'.*adult"):
         params.task("iris")
+
+
+def test_tabular_target_is_required_even_for_a_builtin_table():
+    raw = minimal_params()
+    del raw["adult"]["source"]["target"]
+
+    assert "adult.source.target: Field required" in config_error(raw)
+
+
+def test_new_tabular_and_registry_settings_have_their_documented_defaults():
+    params = parse_params(minimal_params())
+    source, pre = params.task("adult").source, params.task("adult").preprocess
+
+    assert (source.target_type, source.target_transform, source.interval_coverage) == ("auto", "none", 0.9)
+    assert source.dates is None and pre.max_categories == 200
+    assert params.task("adult").train.regression_loss == "mse" and params.registry.metric == "auto"
 
 
 # --------------------------------------------------------------------------- unknown keys

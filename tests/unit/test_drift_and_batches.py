@@ -12,6 +12,7 @@ from PIL import Image
 
 from torchcycle.config import parse_params
 from torchcycle.data import batches as B
+from torchcycle.kinds import kind_of
 from torchcycle.monitoring import drift as D
 from torchcycle.retraining import should_retrain
 
@@ -66,6 +67,22 @@ def _params(**retrain) -> object:
     })  # fmt: skip
 
 
+def _trained_on(root: Path, task: str, reference: pd.DataFrame) -> None:
+    """What ingest@<task> leaves behind that batch validation compares with: the training rows and the
+    data report (the target type the task was trained with)."""
+    raw = root / "data" / "raw" / task
+    raw.mkdir(parents=True, exist_ok=True)
+    reference.to_parquet(raw / "train.parquet", index=False)
+    (raw / "data_report.json").write_text(json.dumps({"target_type": "classification", "batches": []}))
+
+
+def _validate(root: Path, params, task: str) -> tuple:
+    """The one waiting arrival, validated by the task's kind as the retraining flow does."""
+    cfg = params.task(task)
+    (arrival,) = B.find_arrivals(root, task, cfg)
+    return arrival, *kind_of(cfg).new_batches().validate(arrival, cfg, root)
+
+
 def test_retrain_decision_follows_the_thresholds() -> None:
     params = _params(min_new_samples=100, drift_share=0.5)
     assert should_retrain(params, 0, None) == (False, "no new data")
@@ -92,8 +109,8 @@ def test_bad_batch_goes_to_quarantine_with_its_report(tmp_path: Path) -> None:
     zone = B.incoming_dir(tmp_path, "t")
     zone.mkdir(parents=True)
     ref.drop(columns=["hours"]).to_csv(zone / "bad.csv", index=False)
-    (arrival,) = B.find_arrivals(tmp_path, "t", params.task("t"))
-    report, batch = B.validate_tabular_batch(arrival, params.task("t"), ref)
+    _trained_on(tmp_path, "t", ref)
+    arrival, report, batch = _validate(tmp_path, params, "t")
     assert batch is None and "missing column(s) ['hours']" in report.errors[0]
     where = B.quarantine(tmp_path, arrival, report)
     assert not (zone / "bad.csv").exists() and (where / "bad.csv").exists()
@@ -108,8 +125,8 @@ def test_non_numeric_value_in_a_batch_is_rejected(tmp_path: Path) -> None:
     bad = ref.copy().astype({"age": object})
     bad.loc[3, "age"] = "forty"
     bad.to_csv(zone / "typo.csv", index=False)
-    (arrival,) = B.find_arrivals(tmp_path, "t", params.task("t"))
-    report, batch = B.validate_tabular_batch(arrival, params.task("t"), ref)
+    _trained_on(tmp_path, "t", ref)
+    _, report, batch = _validate(tmp_path, params, "t")
     assert batch is None and any("'forty'" in e and "line 5" in e for e in report.errors)
 
 
@@ -119,14 +136,15 @@ def test_good_batch_is_stored_and_pending_until_ingested(tmp_path: Path) -> None
     zone = B.incoming_dir(tmp_path, "t")
     zone.mkdir(parents=True)
     _reference(20, seed=3).to_csv(zone / "april.csv", index=False)
-    (arrival,) = B.find_arrivals(tmp_path, "t", params.task("t"))
-    report, batch = B.validate_tabular_batch(arrival, params.task("t"), ref)
+    _trained_on(tmp_path, "t", ref)
+    arrival, report, batch = _validate(tmp_path, params, "t")
     assert not report.errors and len(batch) == 20
-    stored = B.accept_tabular(tmp_path, arrival, batch)
+    batches = kind_of(params.task("t")).new_batches()
+    stored = batches.accept(tmp_path, arrival, batch)
     assert stored.exists() and not (zone / "april.csv").exists()
+    assert batches.count(stored) == 20
     assert [p.name for p in B.pending_batches(tmp_path, "t")] == [stored.name]
     raw = tmp_path / "data" / "raw" / "t"
-    raw.mkdir(parents=True)
     (raw / "data_report.json").write_text(json.dumps({"batches": [B.batch_id(stored)]}))
     assert B.pending_batches(tmp_path, "t") == []
 
@@ -139,6 +157,49 @@ def test_image_batch_with_an_unknown_class_is_rejected(tmp_path: Path) -> None:
     zone = B.incoming_dir(tmp_path, "img")
     (zone / "cat").mkdir(parents=True)
     Image.new("L", (8, 8), 128).save(zone / "cat" / "a.png")
-    (arrival,) = B.find_arrivals(tmp_path, "img", params.task("img"))
-    report, records = B.validate_image_batch(arrival, params.task("img"), ["0", "1"])
+    processed = tmp_path / "data" / "processed" / "img"  # preprocess@img records the task's classes
+    processed.mkdir(parents=True)
+    (processed / "schema.json").write_text(json.dumps({"kind": "image", "target": {"classes": ["0", "1"]}}))
+    _, report, records = _validate(tmp_path, params, "img")
     assert not records and "not classes of this task" in report.errors[0]
+
+
+def test_table_batch_with_an_unknown_label_is_rejected(tmp_path: Path) -> None:
+    params = _params()
+    ref = _reference(50)
+    zone = B.incoming_dir(tmp_path, "t")
+    zone.mkdir(parents=True)
+    new = _reference(20, seed=3)
+    new.loc[[4, 5], "y"] = "maybe"
+    new.to_csv(zone / "may.csv", index=False)
+    _trained_on(tmp_path, "t", ref)
+    _, report, batch = _validate(tmp_path, params, "t")
+    assert batch is None and "labels ['maybe'] are not classes of this task" in report.errors[0]
+
+
+def test_table_batch_of_one_known_class_is_accepted(tmp_path: Path) -> None:
+    params = _params()
+    zone = B.incoming_dir(tmp_path, "t")
+    zone.mkdir(parents=True)
+    new = _reference(20, seed=3)
+    new["y"] = "yes"
+    new.to_csv(zone / "june.csv", index=False)
+    _trained_on(tmp_path, "t", _reference(50))
+    _, report, batch = _validate(tmp_path, params, "t")
+    assert not report.errors and len(batch) == 20
+
+
+def test_table_batch_with_an_unreadable_date_is_rejected(tmp_path: Path) -> None:
+    params = _params()
+    ref = _reference(60)
+    ref["signup"] = pd.date_range("2023-01-01", periods=60).strftime("%Y-%m-%d")
+    zone = B.incoming_dir(tmp_path, "t")
+    zone.mkdir(parents=True)
+    new = ref.head(10).copy()
+    new.loc[3, "signup"] = "not a date"
+    new.to_csv(zone / "july.csv", index=False)
+    _trained_on(tmp_path, "t", ref)
+    report_file = tmp_path / "data" / "raw" / "t" / "data_report.json"  # ingest records the date columns
+    report_file.write_text(json.dumps({**json.loads(report_file.read_text()), "dates": ["signup"]}))
+    _, report, batch = _validate(tmp_path, params, "t")
+    assert batch is None and any("'not a date' is not a date" in e for e in report.errors)

@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 from torchcycle.explain import plots as XP
-from torchcycle.explain.gradcam import (
+from torchcycle.kinds.image.gradcam import (
     class_average_maps,
     grad_cam,
     pick_examples,
     quadrant_mass,
     resolve_layer,
 )
-from torchcycle.explain.tabular import (
+from torchcycle.kinds.tabular.shap import (
     ExplainedOutput,
     _deep_batched,
     encoded_widths,
@@ -31,8 +31,16 @@ from torchcycle.explain.tabular import (
 )
 from torchcycle.models.cnn import ImageCNN
 from torchcycle.models.mlp import TabularMLP
+from torchcycle.targets.classification import CLASSIFICATION, log_odds
+from torchcycle.targets.regression import REGRESSION
 
 COLUMNS = ["a", "b", "c", "colour", "shape"]
+
+
+def readout(n_classes: int) -> nn.Module:
+    """What the classification target explains: log-odds of the positive class (binary), else the logits."""
+    module, _ = CLASSIFICATION.readout({"classes": [str(i) for i in range(n_classes)]})
+    return module
 
 
 def _inputs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +58,7 @@ def test_model_reading_one_column_gets_all_attribution_there() -> None:
     with torch.no_grad():  # the first layer ignores everything but numeric column "a"
         first = model.body[0]
         first.weight[:, 1:] = 0.0
-    shap = explain_tabular(model, _inputs(40, 1), _inputs(25, 2), COLUMNS, n_classes=2)
+    shap = explain_tabular(model, _inputs(40, 1), _inputs(25, 2), COLUMNS, readout(2))
 
     assert shap.values.shape == (25, 5, 1)
     assert np.abs(shap.values[:, 1:]).max() == 0.0
@@ -66,7 +74,7 @@ def test_model_reading_one_column_gets_all_attribution_there() -> None:
 ])  # fmt: skip
 def test_shap_values_add_up_to_output_minus_expected_value(kwargs) -> None:
     model = _mlp(**kwargs)
-    shap = explain_tabular(model, _inputs(50, 3), _inputs(30, 4), COLUMNS, n_classes=2)
+    shap = explain_tabular(model, _inputs(50, 3), _inputs(30, 4), COLUMNS, readout(2))
     assert shap.values.shape == (30, 5, 1)
     assert shap.additivity_error < 1e-4
     # the binary output explained is the log-odds of the positive class
@@ -81,7 +89,7 @@ def test_batched_deep_explainer_matches_shaps_own_loop() -> None:
     model = _mlp(numeric_embedding="periodic", numeric_embedding_dim=4, periodic_frequencies=3)
     with torch.no_grad():
         z_bg, z = model.encode(*_inputs(20, 5)), model.encode(*_inputs(6, 6))
-    explainer = shap.DeepExplainer(ExplainedOutput(model, 2).eval(), z_bg)
+    explainer = shap.DeepExplainer(ExplainedOutput(model, log_odds()).eval(), z_bg)
     ours = _deep_batched(explainer, z, z_bg, chunk=4)
     theirs = np.asarray(explainer.shap_values(z, check_additivity=False)).reshape(ours.shape)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
@@ -90,8 +98,21 @@ def test_batched_deep_explainer_matches_shaps_own_loop() -> None:
 def test_multiclass_explains_every_class_logit() -> None:
     torch.manual_seed(0)
     model = TabularMLP(3, [4, 4], 3, [8]).eval()
-    shap = explain_tabular(model, _inputs(20, 1), _inputs(5, 2), COLUMNS, n_classes=3)
+    shap = explain_tabular(model, _inputs(20, 1), _inputs(5, 2), COLUMNS, readout(3))
     assert shap.values.shape == (5, 5, 3) and shap.additivity_error < 1e-4
+
+
+def test_regression_explains_the_prediction_in_target_units() -> None:
+    torch.manual_seed(0)
+    model = TabularMLP(3, [4, 4], 1, [16, 8]).eval()
+    state = {"type": "regression", "name": "price", "mean": 7.5, "std": 2.0, "transform": "none"}
+    module, words = REGRESSION.readout(state)
+    shap = explain_tabular(model, _inputs(40, 1), _inputs(12, 2), COLUMNS, module)
+    assert words == "predicted price"
+    assert shap.values.shape == (12, 5, 1) and shap.additivity_error < 1e-4
+    with torch.no_grad():
+        scaled = model(*_inputs(12, 2))[:, 0].numpy()
+    np.testing.assert_allclose(shap.output[:, 0], scaled * 2.0 + 7.5, rtol=1e-5)
 
 
 def test_encoded_blocks_are_summed_back_to_their_columns() -> None:
@@ -108,7 +129,7 @@ def test_encoded_blocks_are_summed_back_to_their_columns() -> None:
 def test_local_rows_include_misclassified_ones() -> None:
     y = np.array([0, 0, 1, 1, 0, 1, 0, 1])
     pred = np.array([0, 1, 1, 0, 0, 1, 0, 1])
-    rows = pick_local_rows(y, pred, 4)
+    rows = pick_local_rows(y != pred, 4)
     assert len(rows) == 4 and {1, 3} <= set(rows.tolist())
 
 

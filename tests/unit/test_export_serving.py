@@ -1,11 +1,12 @@
-"""ONNX export: the file gives the same probabilities as torch for any batch size, carries its
-preprocessing state, and the shared Predictor turns raw records / image files into those probabilities
-with clear errors for bad input."""
+"""ONNX export: the file (the model followed by its target head) gives the same probabilities as torch
+for any batch size, carries its preprocessing state and fitted target, and the shared Predictor turns raw
+records / image files into those probabilities with clear errors for bad input."""
 
 from __future__ import annotations
 
 import itertools
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,12 +15,33 @@ import torch
 from PIL import Image
 
 from torchcycle.config import TabularPreprocess
-from torchcycle.data import preprocess as pp
 from torchcycle.errors import PredictionInputError
 from torchcycle.export import onnx as X
+from torchcycle.kinds.image import IMAGE, decode, image_files
+from torchcycle.kinds.image.preprocess import transform_images
+from torchcycle.kinds.tabular import TABULAR, read_records
+from torchcycle.kinds.tabular import preprocess as pp
 from torchcycle.models.cnn import ImageCNN
 from torchcycle.models.mlp import TabularMLP
-from torchcycle.serving import Predictor, image_files, predict_path, read_records
+from torchcycle.serving import Predictor
+from torchcycle.targets.classification import CLASSIFICATION
+from torchcycle.targets.regression import REGRESSION
+
+OUTPUT = "outputs"
+
+
+def classifier_target(classes: list[str], name: str | None = "y") -> dict:
+    """The target state the train stage writes for a classifier with these classes."""
+    return {"type": "classification", "name": name, "classes": classes,
+            "positive_class": classes[1] if len(classes) == 2 else None}
+
+
+def export(kind, model, state: dict, target_state: dict, example: tuple) -> tuple[torch.nn.Module, bytes]:
+    """The graph the export stage builds (model + softmax head, the kind's named inputs) and its ONNX file."""
+    graph = kind.onnx_module(model, CLASSIFICATION.head(target_state)).eval()
+    blob = X.export_onnx(graph, example, kind.input_names(state), OUTPUT,
+                         X.metadata_for(state, target_state, kind.describe_input(state)))
+    return graph, blob
 
 
 def raw_frame(n: int = 60, seed: int = 0) -> pd.DataFrame:
@@ -32,33 +54,33 @@ def raw_frame(n: int = 60, seed: int = 0) -> pd.DataFrame:
     })  # fmt: skip
 
 
-def make_tabular() -> tuple[TabularMLP, dict, bytes]:
-    """A small periodic-embedding MLP on raw_frame() columns, exported with its preprocessing state."""
+def make_tabular() -> tuple[torch.nn.Module, dict, bytes]:
+    """A small periodic-embedding MLP on raw_frame() columns with its softmax head (the exported graph),
+    its preprocessing state, and the ONNX file carrying that state and the fitted target."""
     frame = raw_frame()
     state = pp.fit_tabular(frame, ["age", "hours"], ["city", "plan"], TabularPreprocess())
-    state.update(target="y", classes=["no", "yes"])
     torch.manual_seed(0)
     model = TabularMLP(2, pp.cardinalities(state), 2, [16], numeric_embedding="periodic",
                        numeric_embedding_dim=4, periodic_frequencies=3).eval()
     example = tuple(torch.from_numpy(a) for a in pp.transform_tabular(frame, state))
-    blob = X.export_onnx(model, example, "tabular", X.metadata_for("tabular", state, state["classes"]))
-    return model, state, blob
+    graph, blob = export(TABULAR, model, state, classifier_target(["no", "yes"]), example)
+    return graph, state, blob
 
 
 @pytest.fixture(scope="module")
-def tabular() -> tuple[TabularMLP, dict, bytes]:
+def tabular() -> tuple[torch.nn.Module, dict, bytes]:
     return make_tabular()
 
 
 @pytest.fixture(scope="module")
-def image() -> tuple[ImageCNN, dict, bytes]:
+def image() -> tuple[torch.nn.Module, dict, bytes]:
     state = {"kind": "image", "size": [12, 12], "channels": 1, "mean": [0.3], "std": [0.2],
-             "value_range": [0, 255], "classes": ["0", "1", "2"]}
+             "value_range": [0, 255]}
     torch.manual_seed(0)
     model = ImageCNN(1, (12, 12), 3, [4, 8], hidden=8, batch_norm=True).eval()
-    blob = X.export_onnx(model, (torch.randn(3, 1, 12, 12),), "image",
-                         X.metadata_for("image", state, state["classes"]))
-    return model, state, blob
+    graph, blob = export(IMAGE, model, state, classifier_target(["0", "1", "2"], name=None),
+                         (torch.randn(3, 1, 12, 12),))
+    return graph, state, blob
 
 
 @pytest.mark.parametrize("batch", [1, 7, 300])
@@ -67,8 +89,8 @@ def test_tabular_onnx_matches_torch_for_any_batch_size(tabular, batch) -> None:
     x_num, x_cat = pp.transform_tabular(raw_frame(batch, seed=batch), state)
     session = X.ort_session(blob)
     onnx_p = X.run_session(session, (x_num, x_cat))
-    torch_p = X.torch_proba(model, (torch.from_numpy(x_num), torch.from_numpy(x_cat)))
-    report = X.parity(torch_p, onnx_p, 1e-5)
+    torch_p = X.torch_outputs(model, (torch.from_numpy(x_num), torch.from_numpy(x_cat)))
+    report = CLASSIFICATION.parity(torch_p, onnx_p, 1e-5)
     assert report["passed"] and report["rows"] == batch, report
     np.testing.assert_allclose(onnx_p.sum(1), 1.0, atol=1e-5)  # probabilities, softmax included
 
@@ -77,7 +99,7 @@ def test_image_onnx_matches_torch_and_documents_its_input(image) -> None:
     model, _, blob = image
     x = torch.randn(5, 1, 12, 12)
     session = X.ort_session(blob)
-    assert X.parity(X.torch_proba(model, (x,)), X.run_session(session, (x.numpy(),)), 1e-5)["passed"]
+    assert CLASSIFICATION.parity(X.torch_outputs(model, (x,)), X.run_session(session, (x.numpy(),)), 1e-5)["passed"]
     meta = X.read_metadata(session)
     described = json.loads(meta[X.METADATA_INPUT])
     assert (described["channels"], described["height"], described["width"]) == (1, 12, 12)
@@ -86,20 +108,20 @@ def test_image_onnx_matches_torch_and_documents_its_input(image) -> None:
 
 def test_parity_fails_on_a_different_class_or_a_large_difference() -> None:
     a = np.array([[0.6, 0.4], [0.2, 0.8]])
-    assert X.parity(a, a + 1e-6, 1e-4)["passed"]
-    flipped = X.parity(a, np.array([[0.49, 0.51], [0.2, 0.8]]), 1.0)
+    assert CLASSIFICATION.parity(a, a + 1e-6, 1e-4)["passed"]
+    flipped = CLASSIFICATION.parity(a, np.array([[0.49, 0.51], [0.2, 0.8]]), 1.0)
     assert not flipped["passed"] and flipped["class_mismatches"] == 1
-    assert not X.parity(a, a + 1e-3, 1e-4)["passed"]
+    assert not CLASSIFICATION.parity(a, a + 1e-3, 1e-4)["passed"]
 
 
 def test_predictor_takes_raw_records_through_the_shared_preprocessing(tabular, tmp_path) -> None:
     model, state, blob = tabular
     frame = raw_frame(9, seed=3)
     predictor = Predictor(blob)
-    expected = X.torch_proba(model, tuple(torch.from_numpy(a) for a in pp.transform_tabular(frame, state)))
-    np.testing.assert_allclose(predictor.proba_records(frame), expected, atol=1e-5)
+    expected = X.torch_outputs(model, tuple(torch.from_numpy(a) for a in pp.transform_tabular(frame, state)))
+    np.testing.assert_allclose(predictor.outputs(frame), expected, atol=1e-5)
     frame.to_csv(tmp_path / "rows.csv", index=False)
-    table = predict_path(predictor, tmp_path / "rows.csv")
+    table = predictor.predict_path(tmp_path / "rows.csv")
     assert list(table.columns) == ["predicted", "proba_no", "proba_yes"] and len(table) == 9
     assert set(table["predicted"]) <= {"no", "yes"}
 
@@ -107,18 +129,55 @@ def test_predictor_takes_raw_records_through_the_shared_preprocessing(tabular, t
 def test_bad_records_name_the_problem(tabular, tmp_path) -> None:
     predictor = Predictor(tabular[2])
     with pytest.raises(PredictionInputError, match=r"missing column\(s\) \['hours'\]"):
-        predictor.proba_records(raw_frame(3).drop(columns="hours"))
+        predictor.outputs(raw_frame(3).drop(columns="hours"))
     wrong = raw_frame(3).astype({"age": object})
     wrong.loc[1, "age"] = "old"
     with pytest.raises(PredictionInputError, match="column 'age', row 1: 'old' is not a number"):
-        predictor.proba_records(wrong)
+        predictor.outputs(wrong)
     (tmp_path / "x.txt").write_text("a")
     with pytest.raises(PredictionInputError, match="unsupported file type"):
         read_records(tmp_path / "x.txt")
     with pytest.raises(PredictionInputError, match="no such file"):
         read_records(tmp_path / "absent.csv")
-    with pytest.raises(PredictionInputError, match=r"image model|tabular model"):
-        predictor.proba_pixels(np.zeros((1, 1, 12, 12), np.uint8))
+    with pytest.raises(PredictionInputError, match=r"missing column\(s\) \['age', 'hours', 'city', 'plan'\]"):
+        predictor.outputs(pd.DataFrame({"image": [b"\x89PNG"]}))  # image input to a table model
+
+
+def test_predictor_reads_a_model_exported_before_targets_had_a_type(tabular) -> None:
+    graph, state, _ = tabular
+    frame = raw_frame()
+    example = tuple(torch.from_numpy(a) for a in pp.transform_tabular(frame, state))
+    meta = X.metadata_for(state, classifier_target(["no", "yes"]), TABULAR.describe_input(state))
+    del meta[X.METADATA_TARGET]  # only the class names, as older exports wrote them
+    predictor = Predictor(X.export_onnx(graph, example, TABULAR.input_names(state), OUTPUT, meta))
+    assert predictor.target is CLASSIFICATION and predictor.target_state["type"] == "classification"
+    assert predictor.classes == ["no", "yes"]
+    assert list(predictor.predict(raw_frame(3)).columns) == ["predicted", "proba_no", "proba_yes"]
+
+
+def test_regression_graph_outputs_prediction_and_interval_in_target_units(tmp_path) -> None:
+    frame = raw_frame()
+    state = pp.fit_tabular(frame, ["age", "hours"], ["city", "plan"], TabularPreprocess())
+    target_state = {**REGRESSION.fit(frame["hours"] * 10, SimpleNamespace(target="pay", target_transform="log")),
+                    "halfwidth": 0.2}
+    torch.manual_seed(0)
+    model = TabularMLP(2, pp.cardinalities(state), 1, [8]).eval()
+    inputs = tuple(torch.from_numpy(a) for a in pp.transform_tabular(frame, state))
+    graph = TABULAR.onnx_module(model, REGRESSION.head(target_state)).eval()
+    blob = X.export_onnx(graph, inputs, TABULAR.input_names(state), OUTPUT,
+                         X.metadata_for(state, target_state, TABULAR.describe_input(state)))
+
+    predictor = Predictor(blob)
+    outputs = predictor.outputs(frame)
+    assert predictor.target is REGRESSION and predictor.classes == []
+    assert REGRESSION.parity(X.torch_outputs(graph, inputs), outputs, 1e-5)["passed"]
+    with torch.inference_mode():
+        scaled = model(*inputs)[:, 0].numpy()
+    np.testing.assert_allclose(outputs[:, 0], REGRESSION.decode(scaled, target_state), rtol=1e-4)
+    np.testing.assert_allclose(outputs[:, 1:], outputs[:, :1] * np.exp([[-0.2, 0.2]]), rtol=1e-4)
+    frame.head(4).to_csv(tmp_path / "rows.csv", index=False)
+    table = predictor.predict_path(tmp_path / "rows.csv")
+    assert list(table.columns) == ["predicted", "lower", "upper"] and len(table) == 4
 
 
 def test_predictor_reads_image_files_and_folders(image, tmp_path) -> None:
@@ -127,15 +186,15 @@ def test_predictor_reads_image_files_and_folders(image, tmp_path) -> None:
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (20, 16), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     predictor = Predictor(blob)
-    table = predict_path(predictor, tmp_path)
+    table = predictor.predict_path(tmp_path)
     assert len(table) == 3 and table["path"].str.endswith(".png").all()
-    pixels = predictor.load_images(image_files(tmp_path))
-    expected = X.torch_proba(model, (torch.from_numpy(pp.transform_images(pixels, state)),))
+    pixels = decode(pd.DataFrame({"image": image_files(tmp_path)}), state)
+    expected = X.torch_outputs(model, (torch.from_numpy(transform_images(pixels, state)),))
     np.testing.assert_allclose(table[[f"proba_{c}" for c in "012"]].to_numpy(), expected, atol=1e-5)
 
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(PredictionInputError, match=r"broken\.png: cannot be decoded as an image"):
-        predict_path(predictor, tmp_path / "broken.png")
+        predictor.predict_path(tmp_path / "broken.png")
     (tmp_path / "empty").mkdir()
     with pytest.raises(PredictionInputError, match="no image files"):
         image_files(tmp_path / "empty")

@@ -20,12 +20,14 @@ from torchcycle.config import (
     TabularTask,
     TrainConfig,
 )
-from torchcycle.data import preprocess as pp
 from torchcycle.errors import TrainingError
+from torchcycle.kinds import kind_of
+from torchcycle.kinds.tabular import preprocess as pp
+from torchcycle.kinds.tabular import schema as tabular_schema
 from torchcycle.models.cnn import ImageCNN
-from torchcycle.models.factory import build_model, model_spec
+from torchcycle.models.factory import build_model
 from torchcycle.models.mlp import TabularMLP
-from torchcycle.stages.preprocess import tabular_schema
+from torchcycle.targets import get_target
 from torchcycle.training.loop import TensorData, fit, make_optimizer, predict_proba, validation_logs
 from torchcycle.training.objectives import ClassificationObjective
 from torchcycle.training.reproducibility import seed_everything
@@ -124,14 +126,17 @@ def test_mlp_spec_round_trip_rebuilds_the_same_architecture():
         {"a": [1.0, 2.0, 3.0], "b": [0.5, 0.1, 0.2], "c": ["x", "y", "x"], "d": ["p", "q", "r"]}
     )
     state = pp.fit_tabular(train, ["a", "b"], ["c", "d"], TabularPreprocess())
-    state["target"], state["classes"] = "y", ["no", "yes", "maybe"]
     task = TabularTask(
         kind="tabular",
-        source=TabularSource(builtin="adult"),
+        source=TabularSource(builtin="adult", target="y"),
         model=MLPConfig(hidden_sizes=[8, 4], embedding_dim=2),
     )
+    target = get_target("classification")
+    target_state = target.fit(pd.Series(["no", "yes", "maybe"]), task.source)
+    schema = json.loads(json.dumps(tabular_schema(state, target_state)))  # as read back from schema.json
+    inputs = tuple(torch.from_numpy(a) for a in pp.transform_tabular(train, state))
 
-    spec = json.loads(json.dumps(model_spec(task, tabular_schema(state, None))))
+    spec = json.loads(json.dumps(kind_of(task).model_spec(task, schema, inputs, target.n_outputs(target_state))))
     rebuilt = build_model(spec)
     direct = TabularMLP(2, [3, 4], 3, [8, 4], batch_norm=True, dropout=0.1, embedding_dim=2)
 
@@ -146,7 +151,7 @@ def test_cnn_spec_round_trip_rebuilds_the_same_architecture():
     )
     schema = {"classes": [str(i) for i in range(10)], "channels": 3, "size": [20, 12]}
 
-    spec = json.loads(json.dumps(model_spec(task, schema)))
+    spec = json.loads(json.dumps(kind_of(task).model_spec(task, schema, (torch.zeros(2, 3, 20, 12),), 10)))
     rebuilt = build_model(spec)
     direct = ImageCNN(3, (20, 12), 10, [4, 6], hidden=12)
 

@@ -11,8 +11,11 @@ import pytest
 from PIL import Image
 
 from torchcycle.config import TabularPreprocess
-from torchcycle.data import preprocess as pp
+from torchcycle.data.splits import stratified_split
 from torchcycle.errors import PredictionInputError
+from torchcycle.kinds.image import preprocess as ip
+from torchcycle.kinds.tabular import preprocess as pp
+from torchcycle.targets.classification import class_order, encode_labels
 
 
 # --------------------------------------------------------------------------- helpers
@@ -180,7 +183,7 @@ def test_numeric_strings_and_blanks_are_accepted():
 def test_stratified_split_keeps_class_ratios():
     y = np.array([0] * 60 + [1] * 30 + [2] * 10)
 
-    kept, held = pp.stratified_split(y, test_size=0.2, seed=0)
+    kept, held = stratified_split(y, test_size=0.2, seed=0)
 
     assert len(held) == 20
     assert np.bincount(y[held]).tolist() == [12, 6, 2]
@@ -191,9 +194,9 @@ def test_stratified_split_keeps_class_ratios():
 def test_stratified_split_is_deterministic_for_a_seed():
     y = np.random.default_rng(0).integers(0, 3, size=200)
 
-    first = pp.stratified_split(y, 0.25, seed=7)
-    again = pp.stratified_split(y, 0.25, seed=7)
-    other = pp.stratified_split(y, 0.25, seed=8)
+    first = stratified_split(y, 0.25, seed=7)
+    again = stratified_split(y, 0.25, seed=7)
+    other = stratified_split(y, 0.25, seed=8)
 
     assert np.array_equal(first[1], again[1])
     assert np.array_equal(first[0], again[0])
@@ -203,31 +206,31 @@ def test_stratified_split_is_deterministic_for_a_seed():
 def test_class_order_puts_positive_class_last():
     labels = pd.Series([">50K", "<=50K", ">50K"])
 
-    assert pp.class_order(labels, ">50K") == ["<=50K", ">50K"]
-    assert pp.class_order(["yes", "no"], "no") == ["yes", "no"]
-    assert pp.class_order(["yes", "no"]) == ["no", "yes"]
+    assert class_order(labels, ">50K") == ["<=50K", ">50K"]
+    assert class_order(["yes", "no"], "no") == ["yes", "no"]
+    assert class_order(["yes", "no"]) == ["no", "yes"]
 
 
 def test_class_order_ignores_positive_class_when_not_binary_or_absent():
-    assert pp.class_order(["b", "a", "c"], "a") == ["a", "b", "c"]
-    assert pp.class_order(["b", "a"], "z") == ["a", "b"]
+    assert class_order(["b", "a", "c"], "a") == ["a", "b", "c"]
+    assert class_order(["b", "a"], "z") == ["a", "b"]
 
 
 def test_class_order_sorts_digit_labels_numerically():
-    assert pp.class_order(["10", "9", "2", "0"]) == ["0", "2", "9", "10"]
+    assert class_order(["10", "9", "2", "0"]) == ["0", "2", "9", "10"]
 
 
 def test_encode_labels_follows_class_order():
-    classes = pp.class_order(["yes", "no", "yes"], "no")
+    classes = class_order(["yes", "no", "yes"], "no")
 
-    assert pp.encode_labels(["no", "yes", "yes"], classes).tolist() == [1, 0, 0]
+    assert encode_labels(["no", "yes", "yes"], classes).tolist() == [1, 0, 0]
 
 
 # --------------------------------------------------------------------------- images
 def test_load_image_rgb_to_grey_at_requested_size():
     rgb = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
 
-    out = pp.load_image(png_bytes(rgb), size=(5, 6), channels=1)
+    out = ip.load_image(png_bytes(rgb), size=(5, 6), channels=1)
 
     assert out.shape == (1, 5, 6)
     assert out.dtype == np.uint8
@@ -237,8 +240,8 @@ def test_load_image_keeps_pixels_when_size_matches():
     rgb = np.random.default_rng(1).integers(0, 256, (7, 9, 3), dtype=np.uint8)
     luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
 
-    colour = pp.load_image(png_bytes(rgb), size=(7, 9), channels=3)
-    grey = pp.load_image(png_bytes(rgb), size=(7, 9), channels=1)
+    colour = ip.load_image(png_bytes(rgb), size=(7, 9), channels=3)
+    grey = ip.load_image(png_bytes(rgb), size=(7, 9), channels=1)
 
     np.testing.assert_array_equal(colour, rgb.transpose(2, 0, 1))
     assert np.abs(grey[0].astype(np.float64) - luma).max() <= 1.0
@@ -249,7 +252,7 @@ def test_load_image_grey_to_three_channels_repeats_the_plane(tmp_path):
     path = tmp_path / "digit.png"
     path.write_bytes(png_bytes(grey))
 
-    out = pp.load_image(path, size=(6, 8), channels=3)
+    out = ip.load_image(path, size=(6, 8), channels=3)
 
     assert out.shape == (3, 6, 8)
     for c in range(3):
@@ -259,7 +262,7 @@ def test_load_image_grey_to_three_channels_repeats_the_plane(tmp_path):
 def test_load_image_resizes_a_flat_colour_without_changing_it():
     flat = np.full((40, 30, 3), (200, 100, 50), dtype=np.uint8)
 
-    out = pp.load_image(png_bytes(flat), size=(8, 12), channels=3)
+    out = ip.load_image(png_bytes(flat), size=(8, 12), channels=3)
 
     assert out.shape == (3, 8, 12)
     assert out[:, 0, 0].tolist() == [200, 100, 50]
@@ -268,7 +271,7 @@ def test_load_image_resizes_a_flat_colour_without_changing_it():
 
 def test_load_image_rejects_corrupt_bytes():
     with pytest.raises(PredictionInputError, match="uploaded bytes: cannot be decoded"):
-        pp.load_image(b"\x89PNG\r\n\x1a\n definitely not an image", size=(4, 4), channels=1)
+        ip.load_image(b"\x89PNG\r\n\x1a\n definitely not an image", size=(4, 4), channels=1)
 
 
 def test_load_image_rejects_corrupt_file_naming_it(tmp_path):
@@ -276,7 +279,7 @@ def test_load_image_rejects_corrupt_file_naming_it(tmp_path):
     path.write_bytes(b"garbage")
 
     with pytest.raises(PredictionInputError, match=r"broken\.png: cannot be decoded"):
-        pp.load_image(path, size=(4, 4), channels=1)
+        ip.load_image(path, size=(4, 4), channels=1)
 
 
 def test_fit_image_normalizer_matches_numpy():
@@ -285,7 +288,7 @@ def test_fit_image_normalizer_matches_numpy():
     expected_mean = [scaled[:, c].mean() for c in range(3)]
     expected_std = [scaled[:, c].std() for c in range(3)]
 
-    state = pp.fit_image_normalizer(x, "dataset", (5, 4), 3)
+    state = ip.fit_image_normalizer(x, "dataset", (5, 4), 3)
 
     np.testing.assert_allclose(state["mean"], expected_mean, rtol=1e-12)
     np.testing.assert_allclose(state["std"], expected_std, rtol=1e-12)
@@ -295,17 +298,17 @@ def test_fit_image_normalizer_matches_numpy():
 def test_unit_normalizer_only_scales_to_zero_one():
     x = np.full((2, 1, 3, 3), 255, dtype=np.uint8)
 
-    state = pp.fit_image_normalizer(x, "unit", (3, 3), 1)
+    state = ip.fit_image_normalizer(x, "unit", (3, 3), 1)
 
     assert (state["mean"], state["std"]) == ([0.0], [1.0])
-    np.testing.assert_array_equal(pp.transform_images(x, state), np.ones_like(x, dtype=np.float32))
+    np.testing.assert_array_equal(ip.transform_images(x, state), np.ones_like(x, dtype=np.float32))
 
 
 def test_constant_images_do_not_divide_by_zero():
     x = np.full((3, 1, 4, 4), 17, dtype=np.uint8)
 
-    state = pp.fit_image_normalizer(x, "dataset", (4, 4), 1)
-    out = pp.transform_images(x, state)
+    state = ip.fit_image_normalizer(x, "dataset", (4, 4), 1)
+    out = ip.transform_images(x, state)
 
     assert state["std"][0] > 0
     assert np.isfinite(out).all()
@@ -313,9 +316,9 @@ def test_constant_images_do_not_divide_by_zero():
 
 def test_transform_images_normalises_per_channel():
     x = np.random.default_rng(2).integers(0, 256, (4, 3, 2, 2), dtype=np.uint8)
-    state = pp.fit_image_normalizer(x, "dataset", (2, 2), 3)
+    state = ip.fit_image_normalizer(x, "dataset", (2, 2), 3)
 
-    out = pp.transform_images(x, state)
+    out = ip.transform_images(x, state)
 
     assert out.dtype == np.float32
     np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
@@ -324,8 +327,8 @@ def test_transform_images_normalises_per_channel():
 
 @pytest.mark.parametrize("shape", [(2, 1, 4, 4), (2, 3, 4, 5), (3, 4, 4)])
 def test_transform_images_rejects_wrong_shape_with_expected_shape(shape):
-    state = pp.fit_image_normalizer(np.zeros((1, 3, 4, 4), np.uint8), "unit", (4, 4), 3)
+    state = ip.fit_image_normalizer(np.zeros((1, 3, 4, 4), np.uint8), "unit", (4, 4), 3)
 
     with pytest.raises(PredictionInputError) as info:
-        pp.transform_images(np.zeros(shape, np.uint8), state)
+        ip.transform_images(np.zeros(shape, np.uint8), state)
     assert "(channels, height, width) = (3, 4, 4)" in str(info.value)

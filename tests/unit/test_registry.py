@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.test_export_serving import make_tabular, raw_frame
+from tests.unit.test_export_serving import classifier_target, make_tabular, raw_frame
 from torchcycle.errors import TorchcycleError
 from torchcycle.registry import CHALLENGER, CHAMPION, current_alias, decide, register_and_decide
 from torchcycle.serving import Predictor, load_registered
 from torchcycle.stages.register import score, score_registered
 
 NAME = "torchcycle-unit"
+TARGET = classifier_target(["no", "yes"])  # the test split's fitted target: same classes as the model's
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,8 @@ def tabular():
     ("roc_auc", float("nan"), 0.80, False, "no finite"),
     ("roc_auc", None, None, True, "first version (its roc_auc is undefined)"),
     ("roc_auc", 0.70, float("nan"), True, "champion has no finite"),
+    ("rmse", 95.0, 100.0, True, "improves"),  # regression errors: lower is better
+    ("rmse", 100.0005, 100.0, False, "does not improve"),
 ])  # fmt: skip
 def test_decision_rule(metric, challenger, champion, promoted, why) -> None:
     champion_version = None if why.startswith("first version") else "1"
@@ -44,6 +47,13 @@ def test_decision_rule(metric, challenger, champion, promoted, why) -> None:
     assert d.promoted is promoted and why in d.reason
     tags = d.tags()
     assert tags["decision.promoted"] == str(promoted).lower() and "at least 0.001" in tags["decision.rule"]
+
+
+def test_the_target_types_direction_overrides_the_default() -> None:
+    # the register stage passes the target type's own direction (r2: higher is better)
+    assert decide("r2", 0.01, "2", 0.90, "1", 0.80, higher_is_better=True).promoted
+    assert not decide("r2", 0.01, "2", 0.90, "1", 0.80, higher_is_better=False).promoted
+    assert "higher is better" in decide("r2", 0.01, "2", 0.9, None, None, higher_is_better=True).rule
 
 
 # --------------------------------------------------------------------------- a real registry
@@ -116,7 +126,7 @@ def test_first_worse_tie_better_then_a_crash_keeps_the_champion(client, tabular)
     frame, y = raw_frame(40, seed=9), np.arange(40) % 2
     with pytest.raises(TorchcycleError, match="cannot re-score the champion models:/torchcycle-unit/4"):
         _register(client, blob, 0.99, split="B",
-                  rescore=lambda uri: score_registered(uri, frame, y, ["no", "yes"], "roc_auc"))
+                  rescore=lambda uri: score_registered(uri, frame, y, TARGET, "roc_auc"))
     assert _aliases(client) == ("4", "4")  # neither alias moved
     crashed = client.get_model_version(NAME, "5")
     assert "decision.promoted" not in crashed.tags
@@ -125,14 +135,48 @@ def test_first_worse_tie_better_then_a_crash_keeps_the_champion(client, tabular)
 def test_champion_is_rescored_on_a_changed_test_split(client, tabular) -> None:
     blob = tabular[2]
     frame, y = raw_frame(80, seed=4), np.arange(80) % 2
-    actual = score(Predictor(blob), frame, y, ["no", "yes"], "roc_auc")
+    actual = score(Predictor(blob), frame, y, TARGET, "roc_auc")
+    # a model of other classes (or another target) is not scored on these labels
+    assert score(Predictor(blob), frame, y, classifier_target(["no", "maybe"]), "roc_auc") is None
     _register(client, blob, 0.99, split="old")  # a score measured on other rows must not be reused
 
     _, d = _register(client, blob, actual + 0.01, split="new",
-                     rescore=lambda uri: score_registered(uri, frame, y, ["no", "yes"], "roc_auc"))
+                     rescore=lambda uri: score_registered(uri, frame, y, TARGET, "roc_auc"))
     assert d.champion_score_source == "re-scored on this test split"
     assert d.champion_score == pytest.approx(actual) and d.promoted
 
     predictor, info = load_registered("unit", "champion")  # what `torchcycle predict` loads
     assert info["version"] == "2" and predictor.classes == ["no", "yes"]
-    assert math.isfinite(float(predictor.proba_records(frame)[0, 1]))
+    assert math.isfinite(float(predictor.outputs(frame)[0, 1]))
+
+
+def test_a_regression_champion_is_scored_on_the_splits_targets_in_target_units() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from tests.unit.test_export_serving import OUTPUT
+    from torchcycle.config import TabularPreprocess
+    from torchcycle.export import onnx as X
+    from torchcycle.kinds.tabular import TABULAR
+    from torchcycle.kinds.tabular import preprocess as pp
+    from torchcycle.models.mlp import TabularMLP
+    from torchcycle.targets.regression import REGRESSION
+
+    frame = raw_frame(80, seed=5)
+    pay = frame["hours"] * 10
+    state = pp.fit_tabular(frame, ["age", "hours"], ["city", "plan"], TabularPreprocess())
+    champion_target = REGRESSION.fit(pay * 3 + 100, SimpleNamespace(target="pay"))  # trained on other rows
+    split_target = REGRESSION.fit(pay, SimpleNamespace(target="pay"))
+    torch.manual_seed(0)
+    graph = TABULAR.onnx_module(TabularMLP(2, pp.cardinalities(state), 1, [8]).eval(),
+                                REGRESSION.head(champion_target)).eval()
+    inputs = tuple(torch.from_numpy(a) for a in pp.transform_tabular(frame, state))
+    blob = X.export_onnx(graph, inputs, TABULAR.input_names(state), OUTPUT,
+                         X.metadata_for(state, champion_target, TABULAR.describe_input(state)))
+    predictor = Predictor(blob)
+    predicted = predictor.outputs(frame)[:, 0]
+
+    rmse = score(predictor, frame, REGRESSION.encode(pay, split_target), split_target, "rmse")
+
+    assert rmse == pytest.approx(float(np.sqrt(np.mean((predicted - pay.to_numpy()) ** 2))), rel=1e-4)

@@ -15,6 +15,8 @@ from PIL import Image
 
 from tests.unit.test_export_serving import image, raw_frame, tabular  # noqa: F401  (fixtures)
 from torchcycle import served_model
+from torchcycle.export.onnx import run_session
+from torchcycle.kinds.image.preprocess import transform_images
 from torchcycle.serving import Predictor
 
 
@@ -45,7 +47,7 @@ def test_pyfunc_takes_raw_records_and_the_onnx_flavour_stays(tabular, tmp_path) 
     rows = raw_frame(5, seed=3)
     rows["age"] = rows["age"].astype(int)  # integers where the example had floats
     rows.loc[0, "hours"] = None  # a missing number: filled as in training
-    expected = Predictor(blob).predict_records(rows)
+    expected = Predictor(blob).predict(rows)
     rows["age"] = rows["age"].astype(object)
     rows.loc[1, "age"] = str(rows.loc[1, "age"])  # numeric text
     served = mlflow.pyfunc.load_model(str(tmp_path / "m")).predict(rows)
@@ -70,7 +72,8 @@ def test_image_model_takes_file_bytes_or_base64(image) -> None:  # noqa: F811
     model = served_model.RawInputModel(predictor)
     from_bytes = model.predict(pd.DataFrame({"image": files}))
     from_base64 = model.predict(pd.DataFrame({"image": [base64.b64encode(f).decode() for f in files]}))
-    expected = predictor.proba_pixels(np.stack([np.asarray(Image.open(io.BytesIO(f)))[None] for f in files]))
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(f)))[None] for f in files])
+    expected = run_session(predictor.session, (transform_images(pixels, predictor.state),))
     np.testing.assert_allclose(from_bytes[["proba_0", "proba_1", "proba_2"]], expected, atol=1e-6)
     pd.testing.assert_frame_equal(from_bytes, from_base64)
 

@@ -11,9 +11,12 @@ import pytest
 from PIL import Image
 
 from torchcycle.config import TabularPreprocess, TabularSource
-from torchcycle.data.sources import ADULT_COLUMNS, load_adult, load_mnist, read_table, scan_image_folder
-from torchcycle.data.validate import validate_images, validate_tabular
+from torchcycle.data.sources import read_table
 from torchcycle.errors import DataValidationError
+from torchcycle.kinds.image.sources import load_mnist, scan_image_folder
+from torchcycle.kinds.image.validate import validate_images
+from torchcycle.kinds.tabular.sources import ADULT_COLUMNS, load_adult
+from torchcycle.kinds.tabular.validate import validate_tabular
 
 NA = ["?", ""]
 EXTENSIONS = [".png", ".jpg", ".jpeg"]
@@ -160,7 +163,8 @@ def test_validate_tabular_passes_and_returns_typed_frames(tmp_path):
     assert df["hours"].dtype == np.float64
     assert pd.api.types.is_string_dtype(df["city"])
     assert df["hours"].isna().sum() == 1
-    assert report.summary["classes"] == ["no", "yes"]
+    assert report.summary["target_type"] == "classification"
+    assert sorted(report.summary["target_distribution"]["train"]["class_counts"]) == ["no", "yes"]
     assert report.summary["rows"] == {"train": 6}
 
 

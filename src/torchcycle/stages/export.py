@@ -4,7 +4,6 @@ latency floor is not met."""
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 from torchcycle.artifacts import load_model, load_split
@@ -13,6 +12,7 @@ from torchcycle.config import Params
 from torchcycle.errors import TorchcycleError
 from torchcycle.export import onnx as X
 from torchcycle.kinds import kind_of
+from torchcycle.machine import machine
 from torchcycle.paths import TaskPaths
 from torchcycle.targets import target_of
 
@@ -96,19 +96,3 @@ def _opset(blob: bytes) -> int:
 
     proto = onnx.load_from_string(blob)
     return int(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0))
-
-
-def machine() -> dict:
-    """What the timings were measured on."""
-    import os
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "system": platform.system()}
-

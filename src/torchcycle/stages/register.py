@@ -24,7 +24,9 @@ def score(predictor: Any, raw: pd.DataFrame, y: np.ndarray, target_state: dict, 
     model predicts something else than this split's targets (other classes, another target)."""
     if not predictor.target.same_task(predictor.target_state, target_state):
         return None
-    return predictor.score(raw, y, metric)
+    # y is encoded with this workspace's target state; a registered version scores in its own encoding
+    own = predictor.target.encode(pd.Series(predictor.target.decode(y, target_state)), predictor.target_state)
+    return predictor.score(raw, own, metric)
 
 
 def score_registered(model_uri: str, raw: pd.DataFrame, y: np.ndarray, target_state: dict, metric: str) -> float | None:

@@ -41,8 +41,9 @@ class Target(Protocol):
         """The target's distribution for data reports (class counts, or statistics and a histogram)."""
         ...
 
-    def check(self, values: pd.Series, source: Any) -> list[str]:
-        """Problems with the target column of the training rows, each naming the fix."""
+    def check(self, values: pd.Series, source: Any, batch: bool = False) -> list[str]:
+        """Problems with the target column of the training rows (or, `batch`, of a batch of new rows,
+        which need not span every class or value), each naming the fix."""
         ...
 
     def fit(self, values: pd.Series, source: Any) -> dict[str, Any]:

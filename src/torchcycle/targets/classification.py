@@ -58,7 +58,9 @@ class Classification:
     default_metric = "roc_auc"
     metric_names = ("roc_auc", "accuracy", "balanced_accuracy", "f1_macro", "log_loss")
 
-    def check(self, values: pd.Series, source: Any) -> list[str]:
+    def check(self, values: pd.Series, source: Any, batch: bool = False) -> list[str]:
+        if batch:  # a batch may hold one class; labels unknown to the model are checked by `unseen`
+            return []
         counts = values.value_counts()
         target = getattr(source, "target", "target")
         if len(counts) < 2:
@@ -150,6 +152,10 @@ class Classification:
         table = pd.DataFrame(outputs, columns=self.output_columns(state))
         table.insert(0, "predicted", [classes[i] for i in np.asarray(outputs).argmax(1)])
         return table
+
+    def outputs_of(self, predictions: pd.DataFrame, state: dict[str, Any]) -> np.ndarray:
+        """The graph outputs behind a `predictions` table (e.g. reports/<task>/predictions.csv): (N, K)."""
+        return predictions[self.output_columns(state)].to_numpy(np.float64)
 
     def decode(self, y: np.ndarray, state: dict[str, Any]) -> np.ndarray:
         return np.asarray(state["classes"], dtype=object)[np.asarray(y, dtype=np.int64)]

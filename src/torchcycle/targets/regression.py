@@ -47,7 +47,7 @@ class Regression:
     default_metric = "rmse"
     metric_names = ("rmse", "mae", "r2", "mape")
 
-    def check(self, values: pd.Series, source: Any) -> list[str]:
+    def check(self, values: pd.Series, source: Any, batch: bool = False) -> list[str]:
         target = getattr(source, "target", "target")
         numbers = pd.to_numeric(values, errors="coerce")
         bad = values.notna() & numbers.isna()
@@ -57,7 +57,7 @@ class Regression:
                     f"{example!r}. Fix the values, or set `source.target_type: classification`.")]
         if not np.isfinite(numbers.dropna()).all():
             return [(f"target '{target}' holds infinite values; remove those rows.")]
-        if numbers.nunique() < MIN_DISTINCT:
+        if numbers.nunique() < MIN_DISTINCT and not batch:
             return [(f"target '{target}' has only {numbers.nunique()} distinct value(s); regression needs a "
                     "spread of numbers. If these are classes, set `source.target_type: classification`.")]
         if getattr(source, "target_transform", "none") == "log" and (numbers <= 0).any():
@@ -105,8 +105,15 @@ class Regression:
 
     def calibrate(self, state: dict[str, Any], val_outputs: np.ndarray, val_y: np.ndarray) -> dict[str, Any]:
         """Split-conformal half-width on the validation split, in the (log-)target units the head adds it in."""
-        from torchcycle.evaluation.conformal import conformal_halfwidth
+        from torchcycle.errors import ConfigError
+        from torchcycle.evaluation.conformal import conformal_halfwidth, min_calibration_points
 
+        needed = min_calibration_points(state["coverage"])
+        if len(val_y) < needed:
+            raise ConfigError(
+                f"prediction intervals at {state['coverage']:.0%} coverage need at least {needed} validation rows; "
+                f"the validation split has {len(val_y)}. Raise `split.val_size`, add rows, or lower "
+                "`source.interval_coverage`.")
         scale = state["std"]
         predicted = np.asarray(val_outputs, np.float64).reshape(len(val_y), -1)[:, 0] * scale + state["mean"]
         actual = np.asarray(val_y, np.float64) * scale + state["mean"]
@@ -146,6 +153,10 @@ class Regression:
     def predictions(self, outputs: np.ndarray, state: dict[str, Any]) -> pd.DataFrame:
         out = np.asarray(outputs, np.float64)
         return pd.DataFrame({"predicted": out[:, 0], "lower": out[:, 1], "upper": out[:, 2]})
+
+    def outputs_of(self, predictions: pd.DataFrame, state: dict[str, Any]) -> np.ndarray:
+        """The graph outputs behind a `predictions` table (e.g. reports/<task>/predictions.csv): (N, 3)."""
+        return predictions[["predicted", "lower", "upper"]].to_numpy(np.float64)
 
     def decode(self, y: np.ndarray, state: dict[str, Any]) -> np.ndarray:
         t = np.asarray(y, np.float64) * state["std"] + state["mean"]

@@ -143,7 +143,7 @@ class TabularKind:
         return raw[input_columns(state)].head(rows).reset_index(drop=True)
 
     def any_typed_columns(self, state: dict[str, Any]) -> set[str]:
-        return {c["name"] for c in state["numeric"] if "date" not in c}
+        return {c for c, role in column_types(state).items() if role == "numeric"}
 
     def row_labels(self, raw: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(index=range(len(raw)))

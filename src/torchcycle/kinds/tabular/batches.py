@@ -41,8 +41,8 @@ class TabularBatches:
                                             f"A batch needs the columns {list(reference.columns)}.")
             return report, None
         profile = read_json(root / "data" / "raw" / arrival.task / "data_report.json")
-        pinned = _pinned(src, reference, df, profile.get("target_type", "classification"))
-        report, cleaned, roles = validate_tabular({"train": (file, df)}, pinned, cfg.preprocess)
+        pinned = _pinned(src, reference, df, profile)
+        report, cleaned, roles = validate_tabular({"train": (file, df)}, pinned, cfg.preprocess, batch=True)
         if report.errors:
             return report, None
         batch = cleaned["train"][list(reference.columns)]
@@ -66,13 +66,15 @@ class TabularBatches:
 
     def drift(self, root: Path, task: str, cfg: Any, stored: list[Path], r: Any) -> dict[str, Any]:
         """Every feature column and the target of the new rows against the training rows."""
+        from torchcycle.kinds.tabular.preprocess import column_types
         from torchcycle.monitoring import drift as D
 
         reference = pd.read_parquet(root / "data" / "raw" / task / "train.parquet")
         batch = pd.concat([pd.read_parquet(p) for p in stored], ignore_index=True)
         state = read_json(root / "data" / "processed" / task / "preprocessor.json")
-        numeric = [c["name"] for c in state["numeric"] if "date" not in c]
-        categorical = [c["name"] for c in state["categorical"]]
+        roles = column_types(state)
+        numeric = [c for c, role in roles.items() if role == "numeric"]
+        categorical = [c for c, role in roles.items() if role == "categorical"]
         target = cfg.source.target
         (numeric if pd.api.types.is_numeric_dtype(reference[target]) else categorical).append(target)
         return D.tabular_drift(reference, batch, numeric, categorical, r.psi_threshold, r.p_value)
@@ -87,11 +89,13 @@ class TabularBatches:
         return [target]
 
 
-def _pinned(src: Any, reference: pd.DataFrame, df: pd.DataFrame, target_type: str) -> Any:
-    """The reference decides the roles, so a batch cannot silently turn a numeric column into text."""
-    features = [c for c in reference.columns if c != src.target]
+def _pinned(src: Any, reference: pd.DataFrame, df: pd.DataFrame, profile: dict) -> Any:
+    """The training data decides the roles (numbers, dates, categories) and the target type, so a batch
+    cannot silently turn a numeric column into text or a date into a category."""
+    dates = list(profile.get("dates", []))
+    features = [c for c in reference.columns if c != src.target and c not in dates]
     return src.model_copy(update={
         "numeric": [c for c in features if pd.api.types.is_numeric_dtype(reference[c])],
         "categorical": [c for c in features if not pd.api.types.is_numeric_dtype(reference[c])],
-        "dates": [], "features": None, "target_type": target_type, "drop": [c for c in df.columns if c not in reference.columns],
+        "dates": dates, "features": None, "target_type": profile.get("target_type", src.target_type), "drop": [c for c in df.columns if c not in reference.columns],
     })  # fmt: skip

@@ -67,8 +67,7 @@ def _fit_categorical(column: pd.Series, name: str, cfg) -> dict[str, Any]:
 
 def input_columns(state: dict[str, Any]) -> list[str]:
     """The raw columns a caller sends, in the model's order: numbers, dates, categories."""
-    numeric = [c["name"] for c in state["numeric"] if "date" not in c]
-    return numeric + [d["name"] for d in state.get("dates", [])] + [c["name"] for c in state["categorical"]]
+    return list(column_types(state))
 
 
 def feature_names(state: dict[str, Any]) -> list[str]:
@@ -78,7 +77,8 @@ def feature_names(state: dict[str, Any]) -> list[str]:
 
 
 def column_types(state: dict[str, Any]) -> dict[str, str]:
-    """Raw column -> numeric | date | categorical, for schemas and forms."""
+    """Raw column -> numeric | date | categorical, for schemas and forms: the one place where the raw
+    column names and their roles come from the preprocessing state."""
     types = {c["name"]: "numeric" for c in state["numeric"] if "date" not in c}
     types.update({d["name"]: "date" for d in state.get("dates", [])})
     types.update({c["name"]: "categorical" for c in state["categorical"]})

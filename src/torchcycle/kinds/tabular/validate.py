@@ -72,7 +72,7 @@ def _where(name: str, idx: Any, has_header: bool) -> str:
 
 
 def validate_tabular(
-    frames: dict[str, tuple[Path, pd.DataFrame]], source, preprocess, has_header: bool = True
+    frames: dict[str, tuple[Path, pd.DataFrame]], source, preprocess, has_header: bool = True, batch: bool = False
 ) -> tuple[Report, dict[str, pd.DataFrame], ColumnRoles | None]:
     """Check every file of a tabular source and return typed, cleaned frames.
 
@@ -125,7 +125,7 @@ def validate_tabular(
 
     train = cleaned["train"]
     roles = resolve_roles(train, source)
-    _check_target(report, cleaned, frames, roles, source)
+    _check_target(report, cleaned, frames, roles, source, batch)
     for split, df in cleaned.items():
         file = frames[split][0]
         for col in roles.numeric:
@@ -182,14 +182,15 @@ def validate_tabular(
 
 
 
-def _check_target(report: Report, cleaned: dict[str, pd.DataFrame], frames: dict, roles: ColumnRoles, source) -> None:
+def _check_target(report: Report, cleaned: dict[str, pd.DataFrame], frames: dict, roles: ColumnRoles, source,
+                  batch: bool = False) -> None:
     """The target type's own checks (classes, or numbers), with the inferred type and why in the report."""
     from torchcycle.targets import get_target
 
     target, first_file = roles.target, frames["train"][0]
     kind = get_target(roles.target_type)
     report.check("target_type", True, f"{roles.target_type} ({roles.target_type_reason})")
-    problems = kind.check(cleaned["train"][target], source)
+    problems = kind.check(cleaned["train"][target], source, batch)
     for problem in problems:
         report.fail("target_values", f"{first_file}: {problem}")
     for df in cleaned.values():
