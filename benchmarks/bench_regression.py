@@ -74,7 +74,8 @@ def baselines(paths: Any, params: Any) -> dict[str, dict[str, Any]]:
     kind = kind_of(params.task(TASK))
     frames = {s: kind.raw_inputs(paths, s)[0] for s in ("train", "val", "test")}
     target = params.task(TASK).source.target
-    categorical = [c for c in frames["train"].columns if frames["train"][c].dtype == object and c != target]
+    categorical = [c for c in frames["train"].columns
+                   if not pd.api.types.is_numeric_dtype(frames["train"][c]) and c != target]
     numeric = [c for c in frames["train"].columns if c not in categorical and c != target]
     x_test, y_test = frames["test"].drop(columns=target), frames["test"][target].to_numpy(float)
     out = {}

@@ -17,6 +17,7 @@ from torchcycle.config import Params
 from torchcycle.data import batches as B
 from torchcycle.errors import TorchcycleError
 from torchcycle.kinds import kind_of
+from torchcycle.paths import TaskPaths
 
 
 class StageFailed(TorchcycleError):
@@ -137,7 +138,7 @@ def save_drift_report(root: Path, task: str, report: dict[str, Any]) -> Path:
     """reports/<task>/drift/ holds the latest report (JSON + PNG), which the dashboard shows."""
     from torchcycle.monitoring.drift import drift_figure
 
-    target = root / "reports" / task / "drift"
+    target = TaskPaths(task, root).drift
     with atomic_dir(target) as tmp:
         write_json(tmp / "drift.json", report)
         drift_figure(report).savefig(tmp / "drift.png", dpi=110, bbox_inches="tight")
@@ -156,7 +157,7 @@ def should_retrain(params: Params, pending_count: int, drift: dict[str, Any] | N
 
 
 def mlflow_run_link(root: Path, task: str) -> dict[str, str] | None:
-    info_file = root / "models" / task / "mlflow_run.json"
+    info_file = TaskPaths(task, root).run_info
     if not info_file.exists():
         return None
     info = read_json(info_file)
@@ -166,5 +167,5 @@ def mlflow_run_link(root: Path, task: str) -> dict[str, str] | None:
 
 
 def registry_decision(root: Path, task: str) -> dict[str, Any] | None:
-    file = root / "reports" / task / "registry.json"
+    file = TaskPaths(task, root).registry_report
     return read_json(file) if file.exists() else None

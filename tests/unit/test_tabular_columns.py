@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from torchcycle.errors import PredictionInputError
-
-try:
-    from torchcycle.kinds.tabular import columns as cols
-except Exception:  # the package __init__ may be mid-edit; the module itself has no sibling imports
-    _path = Path(__file__).resolve().parents[2] / "src" / "torchcycle" / "kinds" / "tabular" / "columns.py"
-    _spec = importlib.util.spec_from_file_location("torchcycle_tabular_columns", _path)
-    cols = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(cols)
+from torchcycle.kinds.tabular import columns as cols
 
 
 def _parse(values) -> pd.Series:
@@ -257,3 +248,15 @@ def test_cap_levels_keeps_most_frequent_with_deterministic_ties():
 def test_cap_levels_reads_levels_as_text():
     counts = pd.Series([4, 2, 7], index=[10, 2, 33])
     assert cols.cap_levels(counts, max_categories=2) == ["10", "33"]
+
+
+def test_a_few_iso_values_read_the_same_as_a_large_batch() -> None:
+    """Single requests take a fast path for ISO text; it must agree with the general parser."""
+    values = pd.Series(["2024-02-29", "2024-03-01T12:30:00", None, "2024-03-01 12:30",
+                        "2024-03-01T12:30:00+02:00", "1999-12-31T23:59:59Z"])
+    spec = {"name": "d", "reference": "2023-01-05"}
+    few = cols.date_features(values, spec)
+    many = cols.date_features(pd.concat([values] * 10, ignore_index=True), spec)[: len(values)]
+    np.testing.assert_allclose(few, many, equal_nan=True)
+    with pytest.raises(PredictionInputError, match="column 'd', row 1"):
+        cols.date_features(pd.Series(["2024-01-01", "2024-13-45"]), spec)

@@ -16,6 +16,7 @@ from typing import Any
 
 from torchcycle.atomic import read_json, write_json
 from torchcycle.data.validate import Report
+from torchcycle.paths import TaskPaths
 
 
 def incoming_dir(root: Path, task: str) -> Path:
@@ -77,7 +78,7 @@ def batch_id(path: Path) -> str:
 
 def trained_batches(root: Path, task: str) -> set[str]:
     """Batch ids that the current raw data (and so the current model) already includes."""
-    report = root / "data" / "raw" / task / "data_report.json"
+    report = TaskPaths(task, root).data_report
     return set(read_json(report).get("batches", [])) if report.exists() else set()
 
 
@@ -92,7 +93,7 @@ def release_next(root: Path, task: str, slices: int, kind: Any) -> tuple[int, li
 
     Returns (slice number, files written); slice 0 means everything has been released already.
     """
-    raw = root / "data" / "raw" / task
+    raw = TaskPaths(task, root).raw
     zone = incoming_dir(root, task)
     state_file = zone / ".released.json"
     released = read_json(state_file)["released"] if state_file.exists() else 0

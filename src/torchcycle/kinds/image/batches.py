@@ -14,6 +14,7 @@ import pandas as pd
 from torchcycle.atomic import atomic_dir, read_json
 from torchcycle.data import batches as B
 from torchcycle.data.validate import Report
+from torchcycle.paths import TaskPaths
 
 
 class ImageBatches:
@@ -25,7 +26,7 @@ class ImageBatches:
         from torchcycle.kinds.image.sources import scan_image_folder
         from torchcycle.kinds.image.validate import validate_images
 
-        classes = read_json(root / "data" / "processed" / arrival.task / "schema.json")["target"]["classes"]
+        classes = read_json(TaskPaths(arrival.task, root).schema)["target"]["classes"]
         zone = arrival.paths[0].parent
         report = Report(kind="image")
         try:
@@ -62,7 +63,7 @@ class ImageBatches:
         from torchcycle.kinds.image.preprocess import load_image
         from torchcycle.monitoring import drift as D
 
-        raw = root / "data" / "raw" / task
+        raw = TaskPaths(task, root).raw
         manifest = pd.read_csv(raw / "manifest.csv", dtype={"label": str})
         size, ch = tuple(cfg.preprocess.size), cfg.preprocess.channels
         ref = [load_image(raw / p, size, ch) for p in manifest["path"]]

@@ -14,6 +14,7 @@ from torchcycle.atomic import atomic_path, read_json
 from torchcycle.data import batches as B
 from torchcycle.data.sources import read_table
 from torchcycle.data.validate import Report
+from torchcycle.paths import TaskPaths
 
 
 class TabularBatches:
@@ -26,7 +27,7 @@ class TabularBatches:
         from torchcycle.kinds.tabular.validate import validate_tabular
         from torchcycle.targets import get_target
 
-        reference = pd.read_parquet(root / "data" / "raw" / arrival.task / "train.parquet")
+        reference = pd.read_parquet(TaskPaths(arrival.task, root).raw / "train.parquet")
         file = arrival.paths[0]
         src = cfg.source
         report = Report(kind="tabular")
@@ -40,7 +41,7 @@ class TabularBatches:
             report.fail("required_columns", f"{file}: missing column(s) {missing} that the training data has. "
                                             f"A batch needs the columns {list(reference.columns)}.")
             return report, None
-        profile = read_json(root / "data" / "raw" / arrival.task / "data_report.json")
+        profile = read_json(TaskPaths(arrival.task, root).data_report)
         pinned = _pinned(src, reference, df, profile)
         report, cleaned, roles = validate_tabular({"train": (file, df)}, pinned, cfg.preprocess, batch=True)
         if report.errors:
@@ -69,9 +70,9 @@ class TabularBatches:
         from torchcycle.kinds.tabular.preprocess import column_types
         from torchcycle.monitoring import drift as D
 
-        reference = pd.read_parquet(root / "data" / "raw" / task / "train.parquet")
+        reference = pd.read_parquet(TaskPaths(task, root).raw / "train.parquet")
         batch = pd.concat([pd.read_parquet(p) for p in stored], ignore_index=True)
-        state = read_json(root / "data" / "processed" / task / "preprocessor.json")
+        state = read_json(TaskPaths(task, root).preprocessor)
         roles = column_types(state)
         numeric = [c for c, role in roles.items() if role == "numeric"]
         categorical = [c for c, role in roles.items() if role == "categorical"]

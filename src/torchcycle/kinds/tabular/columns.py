@@ -151,11 +151,45 @@ def fit_date(values: pd.Series, name: str) -> dict:
     return {"name": name, "reference": reference, "features": list(DATE_FEATURES)}
 
 
+_SMALL = 16  # up to this many values, plain ISO text is read without pandas' machinery (single requests)
+
+
+def _few_iso(values: pd.Series) -> list | None:
+    """A handful of ISO-8601 strings or missing values as naive UTC datetimes, or None to take the
+    general path. Serving one record at a time would otherwise spend milliseconds in format detection."""
+    from datetime import UTC, datetime
+
+    if len(values) > _SMALL:
+        return None
+    out = []
+    for v in values.tolist():
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            out.append(None)
+            continue
+        if not isinstance(v, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ][0-9:.]+)?(Z|[+-]\d{2}:?\d{2})?", v.strip()):
+            return None
+        try:
+            d = datetime.fromisoformat(v.strip())
+        except ValueError:
+            return None
+        out.append(d.astimezone(UTC).replace(tzinfo=None) if d.tzinfo else d)
+    return out
+
+
 def date_features(values: pd.Series, spec: dict) -> np.ndarray:
     """float64 (N, 5) in DATE_FEATURES order; NaN where missing, an error where a value is not a date.
 
     A silently-NaN typo would be imputed and give a confident wrong prediction, so bad input fails.
     """
+    few = _few_iso(values)
+    if few is not None:
+        from datetime import datetime
+
+        reference = datetime.fromisoformat(spec["reference"])
+        rows = [[np.nan] * len(DATE_FEATURES) if d is None else
+                [d.year, d.month, d.weekday(), d.timetuple().tm_yday, (d - reference).total_seconds() / 86400.0]
+                for d in few]
+        return np.asarray(rows, dtype=np.float64).reshape(len(values), len(DATE_FEATURES))
     dates = parse_dates(values)
     bad = (_present(values) & dates.isna()).to_numpy()
     if bad.any():
