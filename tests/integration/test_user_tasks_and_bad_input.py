@@ -87,7 +87,7 @@ def user_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
         "split": {},
         "preprocess": {"max_categories": 50},
         "model": {"name": "mlp", "hidden_sizes": [32]},
-        "train": {"epochs": 30, "batch_size": 32, "lr": 0.01, "monitor": "val_rmse"},
+        "train": {"epochs": 30, "batch_size": 64, "lr": 0.01, "monitor": "val_rmse"},
     }
     params["churn"] = {
         "kind": "tabular",
