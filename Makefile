@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 DASHBOARD_PORT ?= 8501
+PREFECT_PORT ?= 4200
 PYTEST_ARGS ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -76,11 +77,13 @@ prefect-ui: ## where to watch retraining runs
 	@echo "Prefect UI: http://$(HOST):$(PREFECT_PORT)  (started by 'make schedule')"
 
 .PHONY: bench
-bench: venv ## training speed vs the reference loops, SHAP cost, torch vs ONNX Runtime (benchmarks/results/)
-	$(BIN)/dvc repro preprocess@adult preprocess@mnist
+bench: venv ## training speed, SHAP cost, torch vs ONNX Runtime, diamonds vs scikit-learn, column costs (benchmarks/results/)
+	$(BIN)/dvc repro preprocess@adult preprocess@mnist preprocess@diamonds
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_explain.py
 	$(BIN)/python benchmarks/bench_export.py
+	$(BIN)/python benchmarks/bench_regression.py
+	$(BIN)/python benchmarks/bench_columns.py
 
 lint: venv ## ruff
 	$(BIN)/ruff check src tests pipelines dashboards benchmarks
