@@ -42,30 +42,36 @@ def render(page: str, task: str) -> float:
 
 
 def predict_round_trip(task: str, kind: str, repeats: int) -> dict:
-    from dashboards import data, explanations, predicting
+    import pandas as pd
+
+    from dashboards import context, data
 
     model = data.served(task)
     if model is None:
         raise SystemExit(f"no model for {task}: run `make run` first")
     state = model.predictor.state
     if kind == "tabular":
+        from torchcycle.kinds.tabular.dashboard import local_shap, range_problems
+
         row = data.raw_test(task)[0].iloc[[0]]
 
         def once() -> None:
             record = row.iloc[0].to_dict()
-            assert not predicting.range_problems(record, state)
-            data.served(task).predictor.proba_records(row)
+            assert not range_problems(record, state)
+            data.served(task).predictor.outputs(row)
 
         def explain() -> None:
-            explanations.local_shap(data.served(task), row)
+            local_shap(context.page(task, data.served(task)), row)
     else:
-        blob = data.test_images(task)[0][0].read_bytes()
+        from torchcycle.kinds.image.dashboard import grad_cam, pixels_of
+
+        blob = data.raw_test(task)[0]["image"].iloc[0].read_bytes()
 
         def once() -> None:
             served = data.served(task)
-            pixels = predicting.image_pixels("x.png", blob, state)
-            k = int(served.predictor.proba_pixels(pixels)[0].argmax())
-            explanations.grad_cam(served, pixels, [k])
+            pixels = pixels_of("x.png", blob, state)
+            k = int(served.predictor.outputs(pd.DataFrame({"image": [blob]}))[0].argmax())
+            grad_cam(context.page(task, served), pixels[None], [k])
 
         explain = None
     for _ in range(3):

@@ -2,8 +2,9 @@
 
 Files are cached by (path, modification time), so a new `make run` shows up without a restart and an
 unchanged file is read once. MLflow queries are cached briefly (runs and aliases move), while models are
-cached per registered version (a version never changes). Predictions go through `torchcycle.serving`
-and explanations through `torchcycle.explain`, so nothing here re-implements preprocessing.
+cached per registered version (a version never changes). Predictions go through `torchcycle.serving`,
+raw inputs through the task's kind (`torchcycle.kinds`) and scores through its target type
+(`torchcycle.targets`), so nothing here re-implements preprocessing or branches on either.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def params() -> Any:
 
 
 def tasks() -> dict[str, str]:
-    """Task name -> kind ('tabular' or 'image'), in params order."""
+    """Task name -> the name of its kind of data ('tabular', 'image', …), in params order."""
     p = params()
     return {name: p.task(name).kind for name in p.tasks}
 
@@ -258,7 +259,7 @@ def served(task: str) -> Served | None:
 
 @st.cache_resource(show_spinner="Loading the torch weights…", max_entries=8)
 def _torch_model(weights_dir: str, stamp: float) -> tuple[Any, dict]:
-    from torchcycle.stages.common import load_model
+    from torchcycle.artifacts import load_model
 
     return load_model(Path(weights_dir))  # weights_only=True inside
 
@@ -268,7 +269,7 @@ def _run_torch_model(uri: str, run_id: str) -> tuple[Any, dict] | None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from torchcycle.stages.common import load_model
+    from torchcycle.artifacts import load_model
 
     try:
         directory = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="torch_state_dict",
@@ -289,39 +290,43 @@ def torch_model(model: Served) -> tuple[Any, dict]:
     return _torch_model(str(folder), _stamp(folder / "model.pt"))
 
 
-def raw_test(task: str) -> tuple[pd.DataFrame, np.ndarray] | None:
-    """The raw test records (tabular) in split order, with labels; None before preprocess ran."""
+# --------------------------------------------------------------------------- the task's data
+def kind(task: str) -> Any:
+    """The task's kind of data (torchcycle.kinds): what differs between tables and images."""
+    from torchcycle.kinds import kind_of
+
+    return kind_of(params().task(task))
+
+
+def raw_split(task: str, split: str) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """The raw inputs behind a processed split, as a client sends them (a table's columns, or an `image`
+    column of file paths), in split order, with the encoded targets; None before preprocess ran."""
     p = paths(task)
-    if not p.split("test").exists():
+    if not p.split(split).exists():
         return None
-    return _raw_split(str(p.root), task, "test", _stamp(p.split("test")))
+    return _raw_split(str(p.root), task, split, _stamp(p.split(split)))
+
+
+def raw_test(task: str) -> tuple[pd.DataFrame, np.ndarray] | None:
+    return raw_split(task, "test")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _raw_split(root_dir: str, task: str, split: str, stamp: float) -> tuple[pd.DataFrame, np.ndarray]:
-    from torchcycle.stages.raw_split import raw_records
-
-    return raw_records(TaskPaths(task, Path(root_dir)), split)
+    return kind(task).raw_inputs(TaskPaths(task, Path(root_dir)), split)
 
 
-def test_images(task: str) -> tuple[list[Path], np.ndarray] | None:
-    from torchcycle.stages.raw_split import image_files
+def workspace_target(task: str) -> dict | None:
+    """The target state the workspace's processed splits were encoded with (schema.json)."""
+    schema = read(paths(task).schema)
+    return schema.get("target") if schema else None
 
+
+def target_type(task: str) -> str | None:
+    """'classification', 'regression', …: from the processed data, the data report or the trained model."""
     p = paths(task)
-    return image_files(p, "test") if p.split("test").exists() else None
-
-
-@st.cache_data(show_spinner="Scoring the test split…", max_entries=16)
-def version_test_proba(task: str, version: str | None, stamp: float) -> np.ndarray | None:
-    """Probabilities of a registered version on the workspace's raw test split (its own preprocessing)."""
-    s = served(task) if version is None else Served(version_predictor(task, version), "", version, None, task)
-    if s is None:
-        return None
-    if tasks()[task] == "tabular":
-        raw = raw_test(task)
-        return None if raw is None else s.predictor.proba_records(raw[0])
-    files = test_images(task)
-    return None if files is None else s.predictor.proba_pixels(s.predictor.load_images(files[0]))
+    found = workspace_target(task) or (read(p.models / "model_config.json") or {}).get("target") or {}
+    return found.get("type") or (read(p.data_report) or {}).get("target_type")
 
 
 # --------------------------------------------------------------------------- evaluations
@@ -336,27 +341,52 @@ def model_choices(task: str) -> list[str]:
     return out
 
 
+def mismatch(task: str, choice: str) -> str | None:
+    """Why a registered version cannot be scored on the workspace's test split (it predicts other classes
+    or another target), or None when it can."""
+    workspace = workspace_target(task)
+    if choice == WORKSPACE or workspace is None:
+        return None
+    predictor = version_predictor(task, choice)
+    if predictor.target.same_task(predictor.target_state, workspace):
+        return None
+    return (f"v{choice} was trained for {describe(predictor.target_state)}, but the workspace's test split holds "
+            f"{describe(workspace)}. Its predictions cannot be scored against these labels, so no metrics "
+            "are shown for it; pick another version, or re-run the pipeline on the data it was trained on.")
+
+
+def describe(state: dict) -> str:
+    """A target state in words: its type, and the name and classes when it has them."""
+    known = [f"{k} {state[k]!r}" for k in ("name", "classes") if state.get(k) is not None]
+    return f"{state['type']} ({', '.join(known)})"
+
+
 @st.cache_data(show_spinner="Scoring the test split…", max_entries=16)
 def _evaluation(task: str, choice: str, stamp: float) -> dict | None:
-    from torchcycle.evaluation.metrics import classification_metrics, curve_tables
+    from torchcycle.targets import target_of
 
-    if choice == WORKSPACE:
-        pred = read(paths(task).predictions)
-        classes = [c.removeprefix("proba_") for c in pred.columns if c.startswith("proba_")]
-        proba = pred[[f"proba_{c}" for c in classes]].to_numpy()
-        y = np.asarray([classes.index(str(a)) for a in pred["actual"]])
-    else:
-        predictor = version_predictor(task, choice)
-        classes = list(predictor.classes)
-        proba = version_test_proba(task, choice, stamp)
-        labels = raw_test(task) if tasks()[task] == "tabular" else test_images(task)
-        if proba is None or labels is None:
+    if choice == WORKSPACE:  # what the evaluate stage wrote, with the target state it was trained with
+        state = (read(paths(task).models / "model_config.json") or {}).get("target")
+        table = read(paths(task).predictions)
+        if state is None or table is None:
             return None
-        y = labels[1]
-    return {"classes": classes, "proba": proba, "y": y, "metrics": classification_metrics(y, proba, classes),
-            "tables": curve_tables(y, proba, classes)}
+        target = target_of(state)
+        outputs, y = target.outputs_of(table, state), target.encode(table["actual"], state)
+    else:  # the registered version's ONNX model on the workspace's raw test inputs
+        predictor, raw, workspace = version_predictor(task, choice), raw_test(task), workspace_target(task)
+        if raw is None or workspace is None:
+            return None
+        state, target = predictor.target_state, predictor.target
+        outputs = predictor.outputs(raw[0])
+        # the labels as values a person reads, encoded the way this version encodes them
+        y = target.encode(pd.Series(target_of(workspace).decode(raw[1], workspace)), state)
+    return {"state": state, "outputs": outputs, "y": y, "metrics": target.metrics(y, outputs, state),
+            "tables": target.tables(y, outputs, state)}
 
 
 def evaluation(task: str, choice: str) -> dict | None:
-    """Metrics, curve tables, probabilities and labels of a model version on the workspace's test split."""
-    return _evaluation(task, choice, _stamp(paths(task).split("test")) + _stamp(paths(task).predictions))
+    """A model version on the workspace's test split: its target state, outputs, encoded labels, metrics
+    and plot tables (the same ones the evaluate stage writes). Check `mismatch` first."""
+    p = paths(task)
+    return _evaluation(task, choice, _stamp(p.split("test")) + _stamp(p.predictions)
+                       + _stamp(p.models / "model_config.json"))

@@ -102,6 +102,57 @@ def bars(frame: pd.DataFrame, x: str, y: str, title: str, x_title: str | None = 
     return _finish(alt.Chart(frame, title=title).mark_bar().encode(**enc), height or alt.Step(26))
 
 
+def points(frame: pd.DataFrame, x: str, y: str, title: str, x_title: str | None = None,
+           y_title: str | None = None, diagonal: bool = False, zero_line: bool = False, height: int = 300) -> alt.Chart:
+    """Scatter plot in the first house colour; optional y = x line (predicted vs actual) or y = 0 line."""
+    chart = alt.Chart(frame, title=title).mark_circle(size=18, opacity=0.55, color=PALETTE[0]).encode(
+        x=alt.X(x, type="quantitative", title=x_title or x, scale=alt.Scale(zero=False)),
+        y=alt.Y(y, type="quantitative", title=y_title or y, scale=alt.Scale(zero=False)),
+        tooltip=[alt.Tooltip(x, format=",.4~f"), alt.Tooltip(y, format=",.4~f")],
+    )
+    rule = None
+    if diagonal:
+        lo, hi = float(min(frame[x].min(), frame[y].min())), float(max(frame[x].max(), frame[y].max()))
+        rule = alt.Chart(pd.DataFrame({x: [lo, hi], y: [lo, hi]})).mark_line(
+            strokeDash=[5, 4], color="#888888", strokeWidth=1).encode(x=x, y=y)
+    elif zero_line:
+        rule = alt.Chart(pd.DataFrame({y: [0.0]})).mark_rule(strokeDash=[5, 4], color="#888888").encode(y=y)
+    return _finish(chart if rule is None else rule + chart, height)
+
+
+def histogram(edges: list[float], counts: list[int], title: str, x_title: str, height: int = 280) -> alt.Chart:
+    """Bars between bin edges (as data reports and evaluation tables store histograms)."""
+    frame = pd.DataFrame({"from": edges[:-1], "to": edges[1:], "rows": counts})
+    return _finish(alt.Chart(frame, title=title).mark_bar(color=PALETTE[0]).encode(
+        x=alt.X("from:Q", bin="binned", title=x_title), x2="to:Q", y=alt.Y("rows:Q", title="rows"),
+        tooltip=[alt.Tooltip("from:Q", format=",.4~f"), alt.Tooltip("to:Q", format=",.4~f"), "rows:Q"]), height)
+
+
+def interval(predicted: float, lower: float, upper: float, name: str, what: str,
+             known: tuple[float | None, float | None] = (None, None), height: int = 90) -> alt.Chart:
+    """One prediction as a point on its interval, against the range the model was trained on (grey)."""
+    rows = [{"what": what, "from": lower, "to": upper, "at": predicted}]
+    frame = pd.DataFrame(rows)
+    x = alt.X("from:Q", title=name, scale=alt.Scale(zero=False))
+    layers = []
+    if None not in known:
+        layers.append(alt.Chart(pd.DataFrame({"from": [known[0]], "to": [known[1]]})).mark_rule(
+            color="#BBBBBB", strokeWidth=2).encode(x=x, x2="to:Q"))
+    layers.append(alt.Chart(frame).mark_rule(color=PALETTE[0], strokeWidth=8, opacity=0.6).encode(
+        x=x, x2="to:Q", tooltip=[alt.Tooltip("from:Q", title="lower", format=",.4~f"),
+                                  alt.Tooltip("to:Q", title="upper", format=",.4~f")]))
+    layers.append(alt.Chart(frame).mark_point(color=PALETTE[3], filled=True, opacity=1, size=160, shape="diamond").encode(
+        x=alt.X("at:Q"), tooltip=[alt.Tooltip("at:Q", title="predicted", format=",.4~f")]))
+    return _finish(alt.layer(*layers), height)
+
+
+def number(value: float) -> str:
+    """A predicted or observed quantity as a person reads it: 3,912 · 48.2 · 0.0371."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.3g}"
+
+
 def heatmap(matrix: pd.DataFrame, title: str, normalise: bool) -> alt.Chart:
     """Confusion matrix: cividis cells, counts (and row shares) in the tooltip and as labels."""
     value = "share" if normalise else "count"

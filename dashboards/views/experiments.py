@@ -67,7 +67,7 @@ b.markdown(f"**Params** ({int(differs.sum())} differ; shown first)")
 b.dataframe(pd.concat([param_table[differs], param_table[~differs]]), height=360)
 
 curves = sorted({c.removeprefix("metrics.") for c in all_metric_cols if c.startswith(("metrics.val_", "metrics.train_"))})
-defaults = [c for c in ("val_loss", "val_accuracy", "val_roc_auc") if c in curves][:2] or curves[:2]
+defaults = [c for c in ("val_loss", "val_accuracy", "val_roc_auc", "val_rmse") if c in curves][:2] or curves[:2]
 chosen = st.multiselect("Learning curves", curves, default=defaults, key="exp_curves")
 cols = st.columns(max(1, len(chosen)))
 for col, key in zip(cols, chosen):

@@ -1,12 +1,11 @@
-"""Overview: every task with its champion, headline metrics, provenance, and the latest runs."""
+"""Overview: every task with its champion, the headline metrics of its target type, provenance, and the
+latest runs."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from dashboards import data, ui
-
-HEADLINE = ("accuracy", "roc_auc", "f1_macro", "log_loss")
+from dashboards import data, targets, ui
 
 st.title("Overview")
 st.caption(f"MLflow: `{data.tracking_uri()}` · project: `{data.root()}`")
@@ -21,10 +20,11 @@ for task, kind in data.tasks().items():
             st.info(f"No model for **{task}** yet. {ui.RUN_HINT}", icon=":material/hourglass_empty:")
             continue
         any_model = True
+        headline = targets.view(data.target_type(task) or data.served(task).predictor.target_state["type"]).headline
         run = data.run_info(uri, champ["run_id"]) if champ else None
-        metrics = {k: run["metrics"].get(f"test_{k}") for k in HEADLINE} if run else \
-            {k: local.get(k) for k in HEADLINE}
-        cols = st.columns(len(HEADLINE) + 1)
+        metrics = {k: run["metrics"].get(f"test_{k}") for k in headline} if run else \
+            {k: local.get(k) for k in headline}
+        cols = st.columns(len(headline) + 1)
         cols[0].metric("Champion", f"v{champ['version']}" if champ else "not registered")
         for col, (k, v) in zip(cols[1:], metrics.items()):
             col.metric(k.replace("_", " "), ui.fmt(v))
@@ -49,8 +49,7 @@ for task, kind in data.tasks().items():
                     "run": show["run_name"], "status": show["status"],
                     "started (UTC)": show["start"].dt.strftime("%Y-%m-%d %H:%M"),
                     "minutes": (show["duration_s"] / 60).round(1),
-                    "test roc_auc": show.get("metrics.test_roc_auc"),
-                    "test accuracy": show.get("metrics.test_accuracy"),
+                    **{f"test {k}": show.get(f"metrics.test_{k}") for k in headline[:2]},
                     "link": [data.run_link(e, r) for e, r in zip(show["experiment_id"], show["run_id"])],
                 })  # fmt: skip
                 st.markdown("Latest pipeline and retraining runs")

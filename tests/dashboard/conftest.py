@@ -1,5 +1,6 @@
 """A trained copy of the project for the dashboard tests: the real pipeline (`dvc repro`) on shrunken
-params, run twice for adult (a second learning rate) so there are runs to compare and a challenger."""
+params for every built-in task (adult and diamonds: tables with classes and with a number to predict;
+mnist: images), run twice for adult (a second learning rate) so there are runs to compare and a challenger."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import pytest
 
 from tests.integration.conftest import Project, copy_project
 
-TASKS = ("adult", "mnist")
+TASKS = ("adult", "mnist", "diamonds")
 
 
 def dashboard_params(params: dict) -> dict:
-    """Fewer explained rows and no latency floor: a busy test machine must not fail the export."""
+    """Fewer explained rows and no latency floor: a busy test machine must not fail the export. diamonds
+    (a regression task the shared `shrink` leaves alone) is shrunken like adult."""
+    params["diamonds"]["source"]["max_rows"] = 800
+    params["diamonds"]["train"]["epochs"] = 2
     params["explain"].update({"max_rows": 150, "background_rows": 50, "local_examples": 2})
     params["export"].update({"benchmark_repeats": 10, "min_speedup": 0})
     return params

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dashboard.conftest import TASKS
 from tests.integration.conftest import BIN, REPO, project_env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -24,7 +25,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 PAGES = {"": "Latest pipeline and retraining runs", "experiments": "Learning curves",
          "model": "misclassified of", "explain": "Explain", "predict": "Predict", "data": "Validation"}
 LAST = {("explain", "adult"): "Explain one test row", ("explain", "mnist"): "Examples",
-        ("predict", "mnist"): "Upload a PNG or JPEG", ("experiments", "mnist"): "Pick at least two runs"}
+        ("predict", "mnist"): "Upload a PNG or JPEG", ("experiments", "mnist"): "Pick at least two runs",
+        ("explain", "diamonds"): "Explain one test row", ("model", "diamonds"): "outside their 90% interval",
+        ("experiments", "diamonds"): "Pick at least two runs"}
 
 pytestmark = [
     pytest.mark.slow,
@@ -111,7 +114,7 @@ def settle(page) -> None:
 
 
 def test_every_page_in_a_real_browser(server: str, browser, tmp_path: Path) -> None:
-    for task in ("adult", "mnist"):
+    for task in TASKS:
         for path, expect in PAGES.items():
             page = visit(browser, server, path, task, expect, tmp_path)
             assert page.get_by_role("heading", level=1).first.inner_text().strip() in (
@@ -134,6 +137,19 @@ def test_tabular_prediction_in_a_real_browser(server: str, browser, tmp_path: Pa
     if os.environ.get("TORCHCYCLE_UPDATE_SCREENSHOT") == "1":
         (REPO / "docs").mkdir(exist_ok=True)
         shutil.copy(shot, REPO / "docs" / "dashboard.png")
+    page.close()
+
+
+def test_regression_prediction_in_a_real_browser(server: str, browser, tmp_path: Path) -> None:
+    page = visit(browser, server, "predict", "diamonds", "One row", tmp_path)
+    page.get_by_role("button", name="Predict").click()
+    page.get_by_text("Prediction:").first.wait_for()
+    page.locator('[data-testid="stMain"] img').first.wait_for()  # the local SHAP explanation
+    settle(page)
+    body = page.inner_text("body")
+    assert "price ≈" in body and "90% interval" in body and "predicted price" in body
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(tmp_path / "predict_diamonds_result.png"), full_page=True)
     page.close()
 
 

@@ -1,5 +1,6 @@
-"""Every dashboard page through streamlit's AppTest: an empty project, a trained one, predictions through
-the form, the CSV upload and the image upload equal to the CLI's, and bad input answered in the page."""
+"""Every dashboard page through streamlit's AppTest: an empty project, a trained one (a classifier and a
+regression model on tables, a classifier on images), predictions through the form, the CSV upload and the
+image upload equal to the CLI's, and bad input answered in the page."""
 
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
 
+def form_record(at: AppTest) -> dict:
+    """What the Predict page's form holds, column by column, as a CSV for the CLI would."""
+    record = {w.key.removeprefix("num_"): w.value for w in at.number_input if w.key.startswith("num_")}
+    record.update({w.key.removeprefix("cat_"): w.value for w in at.selectbox if w.key.startswith("cat_")})
+    record.update({w.key.removeprefix("date_"): w.value.isoformat() for w in at.date_input if w.key.startswith("date_")})
+    return record
+
+
 def cli_predict(project, task: str, file: Path) -> pd.DataFrame:
     out = project.run("torchcycle", "predict", "--task", task, "--input", str(file))
     return pd.read_csv(io.StringIO(out.stdout))
@@ -61,9 +70,10 @@ def test_every_page_renders_with_a_trained_project(trained, at_root) -> None:
         overview = open_page("overview", task)
         champions = [m.value for m in overview.metric if m.label == "Champion"]
         assert champions and all(v.startswith("v") for v in champions)
-        model = open_page("model", task)
-        accuracy = next(m.value for m in model.metric if m.label == "accuracy")
-        assert 0.0 <= float(accuracy) <= 1.0
+    model = open_page("model", "adult")
+    accuracy = next(m.value for m in model.metric if m.label == "accuracy")
+    assert 0.0 <= float(accuracy) <= 1.0
+    assert "misclassified of" in texts(model.caption)
     experiments = open_page("experiments", "adult")
     assert "Pick at least two" not in texts(experiments.info), "adult has two runs to compare"
     assert len(experiments.multiselect(key="exp_compare").value) == 2
@@ -73,8 +83,7 @@ def test_every_page_renders_with_a_trained_project(trained, at_root) -> None:
 def test_form_prediction_equals_the_cli(trained, at_root, tmp_path: Path) -> None:
     at_root(trained.root)
     at = open_page("predict", "adult")
-    record = {w.key.removeprefix("num_"): w.value for w in at.number_input if w.key.startswith("num_")}
-    record.update({w.key.removeprefix("cat_"): w.value for w in at.selectbox if w.key.startswith("cat_")})
+    record = form_record(at)
     at.number_input(key="num_age").set_value(47.0)
     record["age"] = 47.0
     at.button[0].click().run()
@@ -167,19 +176,121 @@ def test_local_shap_adds_up_to_the_served_models_log_odds(trained, at_root) -> N
     """The explanation is of the model that predicts: SHAP values + expected value = the ONNX model's
     log-odds for the same row (torch weights and ONNX graph of one registered version)."""
     at_root(trained.root)
-    from dashboards import data, explanations
+    from dashboards import context, data
+
+    from torchcycle.kinds.tabular.dashboard import local_shap
 
     model = data.served("adult")
     assert model is not None and model.version is not None
     records, _ = data.raw_test("adult")
     row = records.iloc[[7]]
-    shap = explanations.local_shap(model, row)
-    p = model.predictor.proba_records(row)[0]
+    shap = local_shap(context.page("adult", model), row)
+    p = model.predictor.outputs(row)[0]
     assert shap.values.sum() + shap.expected == pytest.approx(shap.output, abs=1e-3)
     assert shap.output == pytest.approx(np.log(p[1] / p[0]), abs=1e-3)
     at = open_page("explain", "adult")
     at.number_input(key="explain_row").set_value(7).run()
     assert not at.exception and "Actual" in texts(at.markdown)
+
+
+# --------------------------------------------------------------------------- a regression task
+def number(value: float) -> str:
+    from dashboards.ui import number as shown
+
+    return shown(value)
+
+
+@pytest.mark.slow
+def test_regression_form_shows_the_clis_value_and_interval(trained, at_root, tmp_path: Path) -> None:
+    at_root(trained.root)
+    at = open_page("predict", "diamonds")
+    at.number_input(key="num_carat").set_value(0.9)
+    record = form_record(at)
+    at.button[0].click().run()
+    assert not at.exception and not at.error, texts(at.error)
+
+    file = tmp_path / "row.csv"
+    pd.DataFrame([record]).to_csv(file, index=False)
+    cli = cli_predict(trained, "diamonds", file)
+    predicted, lower, upper = (float(cli.loc[0, c]) for c in ("predicted", "lower", "upper"))
+    assert lower < predicted < upper
+    expected = f"price ≈ **{number(predicted)}** (90% interval {number(lower)} – {number(upper)})"
+    assert expected in texts(at.success), texts(at.success)
+    assert {m.label: m.value for m in at.metric}["predicted price"] == number(predicted)
+    assert f"The interval ({number(lower)} – {number(upper)}) is split-conformal" in texts(at.caption)
+    assert at.get("image"), "the local SHAP waterfall of the row"
+
+
+@pytest.mark.slow
+def test_regression_csv_batch_equals_the_cli(trained, at_root, tmp_path: Path) -> None:
+    at_root(trained.root)
+    from dashboards import data
+
+    raw = data.raw_test("diamonds")[0].head(6)
+    file = tmp_path / "rows.csv"
+    raw.to_csv(file, index=False)
+    at = open_page("predict", "diamonds")
+    at.file_uploader(key="predict_csv").set_value(("rows.csv", file.read_bytes(), "text/csv")).run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert "6 row(s) predicted" in texts(at.success)
+    result = at.dataframe[-1].value
+    assert list(result.columns[-3:]) == ["predicted", "lower", "upper"]
+    cli = cli_predict(trained, "diamonds", file)
+    for col in ("predicted", "lower", "upper"):
+        np.testing.assert_allclose(result[col].to_numpy(), cli[col].to_numpy(), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_regression_model_page_shows_rmse_and_largest_errors(trained, at_root) -> None:
+    import json
+
+    at_root(trained.root)
+    metrics = json.loads((trained.root / "reports" / "diamonds" / "metrics.json").read_text())
+    at = open_page("model", "diamonds")
+    at.selectbox(key="model_version").set_value("workspace").run()
+    assert not at.exception and not at.error
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["RMSE"] == number(metrics["rmse"]) and shown["MAE"] == number(metrics["mae"])
+    assert shown["coverage (90% nominal)"] == f"{metrics['interval_coverage']:.1%}"
+    assert "accuracy" not in shown
+    worst = at.dataframe[-1].value
+    assert list(worst.columns[:6]) == ["test row", "actual", "predicted", "lower", "upper", "error"]
+    errors = worst["error"].abs().to_numpy()
+    assert (np.diff(errors) <= 1e-9).all(), "largest errors first"
+    assert "outside their 90% interval" in texts(at.caption)
+    champion = open_page("model", "diamonds")  # the registered champion, scored now through ONNX Runtime
+    assert float(next(m.value for m in champion.metric if m.label == "RMSE").replace(",", "")) > 0
+
+
+@pytest.mark.slow
+def test_regression_explain_and_data_pages(trained, at_root) -> None:
+    at_root(trained.root)
+    explain = open_page("explain", "diamonds")
+    assert "explained output: predicted log(price)" in texts(explain.caption)
+    verdict = texts(explain.markdown)
+    assert "Actual price **" in verdict and "90% interval" in verdict
+    data_page = open_page("dataset", "diamonds")
+    assert not data_page.error
+    roles = data_page.dataframe[0].value.set_index("column")
+    assert roles.loc["price", "role"] == "target" and roles.loc["carat", "role"] == "numeric"
+    assert roles.loc["cut", "role"] == "categorical"
+    assert "50%" in texts(data_page.caption), "the target's quantiles under its histogram"
+    overview = open_page("overview", "diamonds")
+    assert {"rmse", "r2"} <= {m.label for m in overview.metric}
+
+
+@pytest.mark.slow
+def test_a_version_for_another_target_is_not_scored(trained, at_root, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registered version whose classes differ from the workspace's test labels gets a clear message,
+    not metrics computed against the wrong labels."""
+    at_root(trained.root)
+    from dashboards import data
+
+    monkeypatch.setattr(data, "workspace_target",
+                        lambda task: {"type": "classification", "name": "income", "classes": ["no", "yes"]})
+    at = open_page("model", "adult")
+    assert "cannot be scored" in texts(at.warning) and "['no', 'yes']" in texts(at.warning)
+    assert not at.metric and not at.exception
 
 
 @pytest.mark.slow

@@ -1,0 +1,204 @@
+"""How each target type is shown: one small view per type, looked up by the type's name in VIEWS.
+
+Pages never branch on the target type. They hand a view the model's outputs for one input, a model's
+evaluation on the test split or a data report's target summary, and the view draws what fits: a class
+with its probabilities or a number with its interval; accuracy, ROC and the confusion matrix or RMSE,
+predicted-vs-actual and residuals; class counts or a histogram. A new target type (torchcycle.targets) is
+one class here and one entry in VIEWS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboards import ui
+
+MAX_BARS = 10  # probabilities shown for one prediction (the most likely classes)
+
+
+class ClassificationView:
+    headline = ("accuracy", "roc_auc", "f1_macro", "log_loss")  # Overview: the champion in four numbers
+    examples_title = "Misclassified test examples"
+
+    # ------------------------------------------------------------------ one prediction
+    def sentence(self, outputs: np.ndarray, state: dict) -> str:
+        k = int(np.argmax(outputs))
+        return f"**{state['classes'][k]}** ({outputs[k]:.1%})"
+
+    def details(self, outputs: np.ndarray, state: dict) -> None:
+        # "class" is a reserved word in Vega expressions: the column is called "outcome"
+        frame = pd.DataFrame({"outcome": state["classes"], "probability": outputs})
+        frame = frame.sort_values("probability", ascending=False).head(MAX_BARS)
+        st.altair_chart(ui.bars(frame, "probability", "outcome", "Probabilities", "probability"))
+        st.dataframe(frame, hide_index=True, column_config={"probability": st.column_config.NumberColumn(format="%.6f")})
+
+    def verdict(self, actual: Any, outputs: np.ndarray, state: dict) -> str:
+        """The true outcome (a class name) next to the prediction."""
+        truth = str(actual)
+        k = int(np.argmax(outputs))
+        status = "correct" if state["classes"][k] == truth else "misclassified"
+        return f"Actual **{truth}**, predicted {self.sentence(outputs, state)} — {status}."
+
+    # ------------------------------------------------------------------ data
+    def distribution(self, stats: dict, title: str, name: str = "class") -> None:
+        counts = stats["class_counts"]
+        frame = pd.DataFrame({"outcome": list(counts), "rows": list(counts.values())})
+        st.altair_chart(ui.bars(frame, "rows", "outcome", title, "rows", sort=None))
+
+    def groups(self, values: pd.Series) -> pd.Series:
+        """Labels to colour feature distributions by: the classes themselves."""
+        return values.astype(str)
+
+    # ------------------------------------------------------------------ a model on the test split
+    def evaluation(self, ev: dict) -> None:
+        m, classes, t = ev["metrics"], ev["state"]["classes"], ev["tables"]
+        head = ["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "log_loss"]
+        for col, k in zip(st.columns(len(head)), head):
+            col.metric(k.replace("_", " "), ui.fmt(m.get(k), 3))
+        per_class = pd.DataFrame(m["per_class"]).T.rename_axis("class").reset_index()
+        left, right = st.columns([1, 1])
+        left.markdown("**Per-class metrics**")
+        left.dataframe(per_class, hide_index=True, column_config={
+            k: st.column_config.ProgressColumn(k, min_value=0.0, max_value=1.0, format="%.3f")
+            for k in ("precision", "recall", "f1")})
+        normalise = right.toggle("Row shares (recall per class)", value=True, key="model_norm")
+        matrix = pd.DataFrame(m["confusion_matrix"], index=classes, columns=classes)
+        cells = matrix.stack().rename("count").reset_index().set_axis(["actual", "predicted", "count"], axis=1)
+        cells["share"] = cells["count"] / cells.groupby("actual")["count"].transform("sum").clip(lower=1)
+        with right:
+            ui.square(ui.heatmap(cells, "Confusion matrix", normalise))
+        a, b, c = st.columns(3)
+        a.altair_chart(ui.lines(t["roc"], "fpr", "tpr", None, f"ROC (AUC {ui.fmt(m.get('roc_auc'), 3)})",
+                                "false positive rate", "true positive rate", diagonal=True, height=280))
+        b.altair_chart(ui.lines(t["precision_recall"], "recall", "precision", None, "Precision-recall", height=280))
+        c.altair_chart(ui.lines(t["calibration"], "mean_predicted", "fraction_positive", None, "Calibration",
+                                "mean predicted probability", "observed frequency", diagonal=True, height=280))
+        if len(classes) > 2:
+            st.caption("ROC, precision-recall and calibration are micro-averaged over classes (one-vs-rest).")
+
+    def worst(self, ev: dict) -> pd.DataFrame:
+        """The misclassified test examples the reader filters for, most confident mistakes first: one row
+        per example, indexed by test row, with `actual`, `predicted` and the probabilities."""
+        classes, y, proba = ev["state"]["classes"], ev["y"], ev["outputs"]
+        pred = proba.argmax(1)
+        f1, f2, f3 = st.columns(3)
+        actual = f1.selectbox("Actual class", ["any", *classes], key="gal_actual")
+        predicted = f2.selectbox("Predicted class", ["any", *classes], key="gal_pred")
+        limit = f3.slider("Show at most", 4, 48, 12, step=4, key="gal_n")
+        mask = pred != y
+        if actual != "any":
+            mask &= y == classes.index(actual)
+        if predicted != "any":
+            mask &= pred == classes.index(predicted)
+        idx = sorted(np.flatnonzero(mask), key=lambda i: -proba[i].max())[:limit]
+        st.caption(f"{int(mask.sum())} misclassified of {len(y)} test examples match; most confident mistakes first.")
+        table = pd.DataFrame({"actual": [classes[y[i]] for i in idx], "predicted": [classes[pred[i]] for i in idx]},
+                             index=pd.Index([int(i) for i in idx], name="test row"))
+        for k, name in enumerate(classes):
+            table[f"P({name})"] = proba[idx, k]
+        return table
+
+
+class RegressionView:
+    headline = ("rmse", "mae", "r2", "interval_coverage")
+    examples_title = "Largest errors on the test split"
+
+    # ------------------------------------------------------------------ one prediction
+    def sentence(self, outputs: np.ndarray, state: dict) -> str:
+        predicted, lower, upper = (float(v) for v in outputs[:3])
+        return (f"{_name(state)} ≈ **{ui.number(predicted)}** ({_coverage(state)} interval "
+                f"{ui.number(lower)} – {ui.number(upper)})")
+
+    def details(self, outputs: np.ndarray, state: dict) -> None:
+        predicted, lower, upper = (float(v) for v in outputs[:3])
+        st.metric(f"predicted {_name(state)}", ui.number(predicted))
+        st.altair_chart(ui.interval(predicted, lower, upper, _name(state), f"{_coverage(state)} interval",
+                                    (state.get("min"), state.get("max"))))
+        span = f"; training values ranged {ui.number(state['min'])} – {ui.number(state['max'])}" if "min" in state else ""
+        st.caption(f"The interval ({ui.number(lower)} – {ui.number(upper)}) is split-conformal: calibrated on the "
+                   f"validation split so that {_coverage(state)} of such intervals hold the true {_name(state)}{span}.")
+
+    def verdict(self, actual: Any, outputs: np.ndarray, state: dict) -> str:
+        """The true value (in target units) next to the prediction and its interval."""
+        truth = float(actual)
+        inside = "inside" if outputs[1] <= truth <= outputs[2] else "outside"
+        return f"Actual {_name(state)} **{ui.number(truth)}**, predicted {self.sentence(outputs, state)} — {inside} the interval."
+
+    # ------------------------------------------------------------------ data
+    def distribution(self, stats: dict, title: str, name: str = "value") -> None:
+        h = stats["target_histogram"]
+        st.altair_chart(ui.histogram(h["edges"], h["counts"], title, name))
+        s = stats.get("target_stats", {})
+        st.caption(" · ".join(f"{k} {ui.number(s[k])}" for k in ("min", "25%", "50%", "mean", "75%", "max") if k in s))
+
+    def groups(self, values: pd.Series) -> pd.Series:
+        """Labels to colour feature distributions by: the target's quartiles, e.g. '326 – 950'."""
+        numbers = pd.to_numeric(values, errors="coerce")
+        bins = pd.qcut(numbers, 4, duplicates="drop")
+        return bins.map(lambda b: f"{ui.number(b.left)} – {ui.number(b.right)}").astype(str)
+
+    # ------------------------------------------------------------------ a model on the test split
+    def evaluation(self, ev: dict) -> None:
+        m, t, state = ev["metrics"], ev["tables"], ev["state"]
+        head = {"RMSE": ui.number(m.get("rmse")), "MAE": ui.number(m.get("mae")), "R²": ui.fmt(m.get("r2"), 3),
+                "MAPE": _share(m.get("mape")), f"coverage ({_coverage(state)} nominal)": _share(m.get("interval_coverage")),
+                "mean interval width": ui.number(m.get("interval_mean_width"))}  # fmt: skip
+        for col, (label, value) in zip(st.columns(len(head)), head.items()):
+            col.metric(label, value)
+        name = _name(state)
+        a, b, c = st.columns(3)
+        a.altair_chart(ui.points(t["predicted_vs_actual"], "actual", "predicted", "Predicted vs actual",
+                                 f"actual {name}", f"predicted {name}", diagonal=True))
+        b.altair_chart(ui.points(t["residuals"], "predicted", "residual", "Residuals", f"predicted {name}",
+                                 "actual − predicted", zero_line=True))
+        hist = t["residual_histogram"]
+        centres = hist["residual"].to_numpy()
+        width = float(np.diff(centres).mean()) if len(centres) > 1 else 1.0
+        edges = [*(centres - width / 2), centres[-1] + width / 2]
+        c.altair_chart(ui.histogram(edges, hist["count"].tolist(), "Residual histogram", "actual − predicted", 300))
+
+    def worst(self, ev: dict) -> pd.DataFrame:
+        """The test examples with the largest absolute errors: one row per example, indexed by test row,
+        with `actual`, `predicted`, the interval and the error."""
+        from torchcycle.targets import target_of
+
+        state, out = ev["state"], ev["outputs"]
+        actual = target_of(state).decode(ev["y"], state)
+        error = actual - out[:, 0]
+        outside = (actual < out[:, 1]) | (actual > out[:, 2])
+        a, b = st.columns([1, 2])
+        limit = a.slider("Show at most", 4, 48, 12, step=4, key="gal_n")
+        only_outside = b.toggle("Only examples outside their interval", value=False, key="gal_outside")
+        pool = np.flatnonzero(outside) if only_outside else np.arange(len(actual))
+        idx = pool[np.argsort(-np.abs(error[pool]), kind="stable")][:limit]
+        st.caption(f"{int(outside.sum())} of {len(actual)} test examples lie outside their {_coverage(state)} "
+                   "interval; largest absolute errors first.")
+        table = pd.DataFrame({"actual": actual[idx], "predicted": out[idx, 0], "lower": out[idx, 1],
+                              "upper": out[idx, 2], "error": error[idx]})
+        # labels are stored scaled in float32: 17,608 comes back as 17,607.9992, so show what a person wrote
+        decimals = int(max(0, 3 - np.floor(np.log10(max(float(np.abs(actual).max()), 1e-12)))))
+        return table.round(decimals).set_axis(pd.Index([int(i) for i in idx], name="test row"))
+
+
+def _name(state: dict) -> str:
+    return state.get("name") or "value"
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _coverage(state: dict) -> str:
+    return f"{state.get('coverage', 0.9):.0%}"
+
+
+VIEWS: dict[str, Any] = {"classification": ClassificationView(), "regression": RegressionView()}
+
+
+def view(type_name: str) -> Any:
+    """The view of a target type by name (a target state's `type`, a data report's `target_type`)."""
+    return VIEWS[type_name]
