@@ -112,8 +112,8 @@ def main() -> None:
     m = record["machine"]
     lines = [
         "# Columns as users have them: batch-1 cost", "",
-        f"`{record['command']}` — {record['measured_at']}, {m['cpu']}, {m['cores']} cores, load "
-        f"{m['load_average_1m']:.1f}; {ROWS:,} rows, timed in alternating blocks.", "",
+        (f"`{record['command']}` — {record['measured_at']}, {m['cpu']}, {m['cores']} cores, load "
+        f"{m['load_average_1m']:.1f}; {ROWS:,} rows, timed in alternating blocks."), "",
         "| table | dropped | dates | levels kept | ONNX bytes | batch-1 ONNX ms | batch-1 raw record ms |",
         "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
@@ -121,8 +121,8 @@ def main() -> None:
         lines.append(f"| {name} | {', '.join(r['roles']['dropped']) or '-'} | {', '.join(r['roles']['dates']) or '-'} "
                      f"| {r['levels_kept']} | {r['onnx_bytes']:,} | {r['batch1_model_ms']:.3f} | "
                      f"{r['batch1_raw_record_ms']:.3f} |")
-    lines += ["", f"Ratio wide / plain: ONNX model **{ratio_model:.2f}x**, raw record path **{ratio_raw:.2f}x** "
-              f"(floor: at most {FLOOR:g}x)."]
+    lines += ["", (f"Ratio wide / plain: ONNX model **{ratio_model:.2f}x**, raw record path **{ratio_raw:.2f}x** "
+              f"(floor: at most {FLOOR:g}x).")]
     write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

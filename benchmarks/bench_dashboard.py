@@ -43,7 +43,6 @@ def render(page: str, task: str) -> float:
 
 def predict_round_trip(task: str, kind: str, repeats: int) -> dict:
     import pandas as pd
-
     from dashboards import context, data
 
     model = data.served(task)
