@@ -16,8 +16,14 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import ui
+from torchcycle.targets.classification import CLASSIFICATION
 
 MAX_BARS = 10  # probabilities shown for one prediction (the most likely classes)
+
+
+def _decide(outputs: np.ndarray, state: dict) -> int:
+    """The class the model decides for one row: the decision threshold when the model has one."""
+    return int(CLASSIFICATION.decisions(np.asarray(outputs)[None], state)[0])
 
 
 class ClassificationView:
@@ -26,8 +32,10 @@ class ClassificationView:
 
     # ------------------------------------------------------------------ one prediction
     def sentence(self, outputs: np.ndarray, state: dict) -> str:
-        k = int(np.argmax(outputs))
-        return f"**{state['classes'][k]}** ({outputs[k]:.1%})"
+        k = _decide(outputs, state)
+        rule = state.get("threshold")
+        at = f", decision threshold {rule['value']:.3f} ({rule['objective']})" if rule else ""
+        return f"**{state['classes'][k]}** ({outputs[k]:.1%}{at})"
 
     def details(self, outputs: np.ndarray, state: dict) -> None:
         # "class" is a reserved word in Vega expressions: the column is called "outcome"
@@ -39,7 +47,7 @@ class ClassificationView:
     def verdict(self, actual: Any, outputs: np.ndarray, state: dict) -> str:
         """The true outcome (a class name) next to the prediction."""
         truth = str(actual)
-        k = int(np.argmax(outputs))
+        k = _decide(outputs, state)
         status = "correct" if state["classes"][k] == truth else "misclassified"
         return f"Actual **{truth}**, predicted {self.sentence(outputs, state)} — {status}."
 
@@ -84,7 +92,7 @@ class ClassificationView:
         """The misclassified test examples the reader filters for, most confident mistakes first: one row
         per example, indexed by test row, with `actual`, `predicted` and the probabilities."""
         classes, y, proba = ev["state"]["classes"], ev["y"], ev["outputs"]
-        pred = proba.argmax(1)
+        pred = CLASSIFICATION.decisions(proba, ev["state"])
         f1, f2, f3 = st.columns(3)
         actual = f1.selectbox("Actual class", ["any", *classes], key="gal_actual")
         predicted = f2.selectbox("Predicted class", ["any", *classes], key="gal_pred")

@@ -115,6 +115,16 @@ def evaluate(task: str, params: Path = ParamsOption) -> None:
 
 
 @app.command()
+def slices(task: str, params: Path = ParamsOption) -> None:
+    """Per-slice metrics and group-fairness measures on the test split; write reports/<task>/slices.json."""
+    r = _stage("slices", task, params)
+    worst = r.get("largest_gap")
+    gap = (f"; largest gap: {worst['column']}={worst['level']} {worst['metric']} {worst['gap']:+.4f}"
+           if worst else "")
+    typer.echo(f"slices@{task}: {r['slices']} slices over {', '.join(r['columns']) or 'no columns'}{gap}")
+
+
+@app.command()
 def explain(task: str, params: Path = ParamsOption) -> None:
     """SHAP (tabular) or Grad-CAM (image) explanations of the test split; write reports/<task>/explain/."""
     s = _stage("explain", task, params)

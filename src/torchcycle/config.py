@@ -161,6 +161,28 @@ class Augment(Strict):
     elastic_sigma: float = Field(4.0, gt=0, description="smoothness of the elastic warp (Gaussian std, pixels)")
 
 
+class Calibration(Strict):
+    """Classification: probabilities made honest after training, fitted on the validation split and
+    applied inside the exported model, so every consumer gets calibrated probabilities."""
+
+    method: Literal["none", "temperature", "vector", "matrix"] = Field(
+        "temperature", description="temperature: one scale for all logits (keeps the ranking, so ROC AUC); "
+        "vector: a scale and bias per class; matrix: a full linear map of the logits"
+    )
+
+
+class Threshold(Strict):
+    """Binary classification: the decision threshold on the positive class's probability, chosen on the
+    validation split for an objective; predict, serve and the dashboard use it."""
+
+    objective: Literal["none", "f1", "balanced_accuracy", "cost", "min_precision"] = Field(
+        "none", description="none: 0.5; cost: minimise cost_fp * FP + FN; min_precision: the highest recall "
+        "whose precision is at least min_precision"
+    )
+    cost_fp: float = Field(1.0, gt=0, description="cost of a false positive relative to a false negative")
+    min_precision: float = Field(0.8, gt=0, lt=1)
+
+
 class Checkpointing(Strict):
     """Resumable training: state is saved outside the DVC outputs and picked up by the next run
     with the same params and data."""
@@ -214,6 +236,8 @@ class TrainConfig(Strict):
         True, description="end with the weights of the best epoch by `monitor`; false keeps the last epoch's, "
         "which suits schedules that anneal to a small learning rate (one-cycle, cosine)"
     )
+    calibration: Calibration = Field(default_factory=Calibration)
+    threshold: Threshold = Field(default_factory=Threshold)
     checkpoint: Checkpointing = Field(default_factory=Checkpointing)
     inspect: Inspection = Field(default_factory=Inspection)
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
@@ -327,12 +351,48 @@ class ExportConfig(Strict):
     min_speedup: float = Field(0.0, ge=0, description="ORT batch-1 latency floor vs eager torch; 0: report only")
 
 
+class EvaluateConfig(Strict):
+    """evaluate@<task> and slices@<task>: uncertainty of the headline metrics, calibration binning, and
+    which groups of the test split are scored on their own."""
+
+    bootstrap_samples: int = Field(200, ge=0, description="bootstrap resamples of the test split for confidence "
+                                   "intervals of the headline metrics; 0: none")
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of the bootstrap intervals")
+    ece_bins: int = Field(15, ge=2, description="equal-width confidence bins of the expected calibration error")
+    slice_columns: dict[str, list[str]] = Field(
+        default_factory=dict, description="per task, the columns to slice by; a task not listed: every "
+        "categorical column (tables), or the class and an input property (images)"
+    )
+    min_slice_rows: int = Field(30, ge=1, description="levels with fewer test rows are not reported on their own")
+
+
+class Gates(Strict):
+    """Conditions a challenger must meet, besides beating the champion on the registry metric."""
+
+    max_ece: float | None = Field(None, gt=0, description="highest expected calibration error on the test split")
+    max_slice_drop: float | None = Field(
+        None, ge=0, description="no slice's registry metric may fall more than this below the champion's same slice"
+    )
+    max_fairness_difference: float | None = Field(
+        None, ge=0, description="highest demographic-parity or equalized-odds difference over the slice columns"
+    )
+
+
+class CardConfig(Strict):
+    """What a model card says that data cannot: what the model is for, and what it must not be used for."""
+
+    intended_use: str = ""
+    limits: list[str] = Field(default_factory=list)
+    owners: list[str] = Field(default_factory=list)
+
+
 class RegistryConfig(Strict):
     """register@<task>: a new registry version per run; champion moves only on a clear improvement."""
 
     metric: Literal["auto", "roc_auc", "accuracy", "balanced_accuracy", "f1_macro", "log_loss", "rmse", "mae", "r2",
                     "mape"] = Field("auto", description="auto: roc_auc for classification, rmse for regression")
     margin: float = Field(0.001, ge=0, description="the challenger must beat the champion by at least this")
+    gates: Gates = Field(default_factory=Gates)
 
 
 class TrackingConfig(Strict):
@@ -362,6 +422,8 @@ class Params(Strict):
     tasks: list[str] = Field(min_length=1)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    card: dict[str, CardConfig] = Field(default_factory=dict, description="per task: intended use and limits")
     export: ExportConfig = Field(default_factory=ExportConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
@@ -380,7 +442,7 @@ class Params(Strict):
 
 # --------------------------------------------------------------------------- loading
 _TOP_LEVEL = {"seed", "tasks", "tracking", "retrain"}
-_TOP_LEVEL |= {"explain", "export", "registry"}  # sections of the explain/export/register stages
+_TOP_LEVEL |= {"explain", "evaluate", "export", "registry", "card"}  # sections of the later stages
 TASK_SECTIONS = ("source", "split", "preprocess", "model", "train")
 
 

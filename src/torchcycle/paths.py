@@ -75,6 +75,16 @@ class TaskPaths:
         return self.reports / "predictions.csv"
 
     @property
+    def slices(self) -> Path:
+        """Figures and the per-slice table of the slices stage."""
+        return self.reports / "slices"
+
+    @property
+    def slices_report(self) -> Path:
+        """Per-slice metrics and group-fairness measures on the test split (DVC metrics)."""
+        return self.reports / "slices.json"
+
+    @property
     def training(self) -> Path:
         """Learning curves written by the train stage."""
         return self.reports / "training"

@@ -67,6 +67,45 @@ def test_stages_write_their_outputs(reproduced: Project) -> None:
         assert stage in lock
 
 
+def test_calibration_thresholds_and_confidence_intervals(reproduced: Project) -> None:
+    """Calibrated probabilities (the ONNX model applies the fitted temperature), the decision threshold
+    chosen on validation and used by predict, and bootstrap intervals for every task."""
+    adult = json.loads((reproduced.root / "reports" / "adult" / "metrics.json").read_text())
+    calibration = adult["calibration"]
+    assert calibration["method"] == "temperature" and calibration["temperature"] > 0
+    assert adult["ece"] == calibration["after"]["ece"] and adult["ece_before"] == calibration["before"]["ece"]
+    assert calibration["after"]["log_loss"] <= calibration["before"]["log_loss"] + 1e-9  # fitted to lower NLL
+    threshold = adult["threshold"]
+    assert threshold["objective"] == "f1" and 0 < threshold["value"] < 1
+    assert threshold["accuracy_at_0.5"] == pytest.approx(adult["accuracy"])
+    reliability = pd.read_csv(reproduced.root / "reports" / "adult" / "evaluation" / "reliability.csv")
+    assert {"confidence", "accuracy_before", "accuracy_after"} <= set(reliability.columns)
+    # the served decisions use the threshold: the written predictions follow it, not the argmax
+    predictions = pd.read_csv(reproduced.root / "reports" / "adult" / "predictions.csv")
+    expected = np.where(predictions["proba_>50K"] >= threshold["value"], ">50K", "<=50K")
+    assert (predictions["predicted"] == expected).all()
+    for task, metric in (("adult", "roc_auc"), ("mnist", "accuracy"), ("diamonds", "rmse")):
+        m = json.loads((reproduced.root / "reports" / task / "metrics.json").read_text())
+        ci = m["confidence_intervals"][metric]
+        assert ci["low"] <= ci["high"] and ci["level"] == 0.95 and ci["samples"] == 200
+
+
+def test_slices_and_fairness(reproduced: Project) -> None:
+    adult = json.loads((reproduced.root / "reports" / "adult" / "slices.json").read_text())
+    assert adult["columns"] == ["sex", "race"]
+    levels = {(s["column"], s["level"]) for s in adult["slices"]}
+    assert ("sex", "Male") in levels and ("sex", "Female") in levels
+    for s in adult["slices"]:
+        assert s["rows"] >= adult["min_rows"]
+        assert s["gap"]["accuracy"] == pytest.approx(s["metrics"]["accuracy"] - adult["overall"]["accuracy"])
+    sex = adult["fairness"]["sex"]
+    rates = [g["selection_rate"] for g in sex["by_group"].values()]
+    assert sex["demographic_parity_difference"] == pytest.approx(max(rates) - min(rates))
+    mnist = json.loads((reproduced.root / "reports" / "mnist" / "slices.json").read_text())
+    assert set(mnist["columns"]) == {"class", "brightness"} and not mnist["fairness"]
+    assert (reproduced.root / "reports" / "adult" / "slices" / "slices.csv").exists()
+
+
 def test_regression_task_writes_regression_outputs(reproduced: Project) -> None:
     root = reproduced.root / "reports" / "diamonds"
     metrics = json.loads((root / "metrics.json").read_text())

@@ -169,6 +169,10 @@ class VectorKind:
     def row_labels(self, raw: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(index=range(len(raw)))
 
+    def slice_frame(self, raw: pd.DataFrame, y: np.ndarray, state: dict, target_state: dict,
+                    columns: list[str] | None) -> pd.DataFrame:
+        return pd.DataFrame({"v0_sign": np.where(raw["v0"] > 0, "positive", "negative")})
+
     def new_batches(self) -> Any:
         raise NotImplementedError("vectors arrive in one file")
 
@@ -247,7 +251,7 @@ def test_registration_does_not_outlive_the_test() -> None:
 @pytest.mark.parametrize(("target", "target_type"), [("label", "classification"), ("price", "regression")])
 def test_stages_run_a_new_kind_unchanged(vector_kind, tracking, tmp_path, torch_globals, target, target_type) -> None:
     from torchcycle.serving import Predictor
-    from torchcycle.stages import evaluate, explain, export, ingest, preprocess, register, train
+    from torchcycle.stages import evaluate, explain, export, ingest, preprocess, register, slices, train
 
     vectors()[[*FEATURES, target]].to_csv(tmp_path / "vectors.csv", index=False)
     params = vector_params(target, target_type)
@@ -275,6 +279,11 @@ def test_stages_run_a_new_kind_unchanged(vector_kind, tracking, tmp_path, torch_
         assert metrics["r2"] > 0.8 and metrics["rmse"] < 5.0
         assert (predictions["lower"] <= predictions["predicted"]).all()
         assert (predictions["predicted"] <= predictions["upper"]).all()
+
+    small = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"min_slice_rows": 5})})
+    sliced = slices.run(small, TASK, tmp_path)
+    assert sliced["columns"] == ["v0_sign"] and sliced["slices"] == 2
+    assert paths.slices_report.exists()
 
     summary = explain.run(params, TASK, tmp_path)
     assert summary["top_feature"] in ("v0", "v1") and (paths.explain / "importance.csv").exists()

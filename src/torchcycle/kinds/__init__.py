@@ -79,6 +79,12 @@ class Kind(Protocol):
         """Columns that identify each input in a table of predictions (an image's path); may be empty."""
         ...
 
+    def slice_frame(self, raw: pd.DataFrame, y: np.ndarray, state: dict[str, Any], target_state: dict[str, Any],
+                    columns: list[str] | None) -> pd.DataFrame:
+        """The groups the slices report scores separately: one row per input, one column per slicing
+        variable (`columns`, or the kind's default), values the group labels as text."""
+        ...
+
     # ------------------------------------------------------------------ new data
     def new_batches(self) -> Any:
         """The kind's batch handling (find, validate, accept, count, drift): torchcycle.data.batches.BatchKind."""

@@ -1,6 +1,8 @@
 """register@<task>: log the exported ONNX model (mlflow.onnx) and the torch state_dict to the training
 run, register a new version of torchcycle-<task>, point `challenger` at it and move `champion` only on a
-clear improvement (registry.py). The decision goes to version tags and reports/<task>/registry.json."""
+clear improvement that passes every configured gate (registry.py). The decision and the gates go to
+version tags and reports/<task>/registry.json; the model card (model_card.py) to the run's artifact
+model_card/model_card.md, the version's description and registry.json."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from torchcycle import model_card
 from torchcycle.artifacts import fingerprint
 from torchcycle.atomic import read_json, write_json
 from torchcycle.config import Params
@@ -52,6 +55,59 @@ def registry_metric(metric: str, target: Any) -> str:
     return metric
 
 
+CARD_ARTIFACT = "model_card/model_card.md"
+SLICES_ARTIFACT = "slices/slices.json"
+
+
+def _maybe_json(path: Path) -> dict:
+    """A report another stage wrote, or {} when it is missing or unreadable (the card says so)."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def champion_slices(champion: Any, split_id: str) -> tuple[dict | None, str | None]:
+    """The champion's slices report from its run (artifact slices/slices.json), or None and why not."""
+    import tempfile
+
+    import mlflow
+
+    if champion is None:
+        return None, "no champion to compare with"
+    if champion.tags.get("test_split") != split_id:
+        return None, f"the champion (version {champion.version}) was evaluated on another test split"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=SLICES_ARTIFACT,
+                                                       dst_path=tmp)
+            return read_json(Path(path)), None
+        except Exception as exc:  # no such artifact (an older champion), or unreadable
+            return None, f"the champion (version {champion.version}) has no slices report ({type(exc).__name__})"
+
+
+def card_context(paths: TaskPaths, root: Path, params: Params, kind_name: str) -> dict[str, Any]:
+    """What the model card says about the files of this workspace (each one optional)."""
+    from torchcycle.tracking import mlflow_run
+
+    card = params.card.get(paths.task)
+    return {
+        "task": paths.task,
+        "kind": kind_name,
+        "card": card.model_dump() if card is not None else {},
+        "model_config": _maybe_json(paths.model_config),
+        "validation": _maybe_json(paths.validation_report),
+        "splits": _maybe_json(paths.splits),
+        "data_version": mlflow_run.data_version(paths.task, root),
+        "git": mlflow_run.git_commit(root),
+        "metrics": _maybe_json(paths.metrics),
+        "slices": _maybe_json(paths.slices_report),
+        "explain": _maybe_json(paths.explain / "summary.json"),
+        "export": _maybe_json(paths.export_report),
+    }
+
+
 def run(params: Params, task: str, root: Path) -> dict:
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -72,6 +128,12 @@ def run(params: Params, task: str, root: Path) -> dict:
     metric = registry_metric(rc.metric, predictor.target)
     challenger_score = score(predictor, inputs, y, target_state, metric)
     name = registered_name(task)
+    higher = predictor.target.higher_is_better(metric)
+    context = card_context(paths, root, params, kind.name)
+
+    def gates(champion: Any) -> list[registry.Gate]:
+        return registry.compute_gates(rc.gates, metric, higher, context["metrics"], context["slices"],
+                                      lambda: champion_slices(champion, split_id))
 
     with mlflow_run.reopen_run(params, paths, root) as run:
         info = log_models(paths, predictor, inputs)
@@ -79,11 +141,18 @@ def run(params: Params, task: str, root: Path) -> dict:
         version, decision = registry.register_and_decide(
             client, name, info.model_uri, run.info.run_id, metric, rc.margin, challenger_score, split_id,
             rescore=lambda uri: score_registered(uri, inputs, y, target_state, metric),
-            higher_is_better=predictor.target.higher_is_better(metric),
+            higher_is_better=higher,
             model_id=getattr(info, "model_id", None),
-            tags={"task": task, "git_commit": mlflow_run.git_commit(root)["git_commit"]},
+            tags={"task": task, "git_commit": context["git"]["git_commit"]},
+            gates=gates,
         )
         champion = registry.current_alias(client, name, registry.CHAMPION)
+        card_uri = f"runs:/{run.info.run_id}/{CARD_ARTIFACT}"
+        context.update(registered_name=name, version=str(version.version), run_id=run.info.run_id,
+                       decision=decision.as_dict())
+        card = model_card.build_card(context)
+        mlflow.log_text(card, CARD_ARTIFACT)
+        client.update_model_version(name, version.version, description=model_card.summary(context, card_uri))
         report = {
             "registered_model": name,
             "version": str(version.version),
@@ -91,8 +160,11 @@ def run(params: Params, task: str, root: Path) -> dict:
             "model_uri": f"models:/{name}/{version.version}",
             "test_split": split_id,
             "decision": decision.as_dict(),
+            "gates": [g.as_dict() for g in decision.gates],
             "aliases": {registry.CHALLENGER: str(version.version),
                         registry.CHAMPION: None if champion is None else str(champion.version)},
+            "model_card_uri": card_uri,
+            "model_card": card,
         }  # fmt: skip
         write_json(paths.registry_report, report)
         mlflow.log_artifact(str(paths.registry_report), artifact_path="registry")

@@ -111,8 +111,9 @@ def _train(params: Params, cfg, task: str, root: Path, progress: bool, ctx: dist
                             "kept_epoch": result.kept_epoch})
         history = pd.DataFrame(result.history)
         model.to("cpu")
-        # what is fitted on the validation split once the weights are final (e.g. prediction intervals)
-        target_state = target.calibrate(schema["target"], predict_outputs(model, val), val.y.numpy())
+        # what is fitted on the validation split once the weights are final (a probability calibration and
+        # decision threshold, or prediction intervals)
+        target_state = target.calibrate(schema["target"], predict_outputs(model, val), val.y.numpy(), cfg.train)
         mlflow.log_params({f"target.{k}": v for k, v in target_state.items() if isinstance(v, (int, float, str))})
         with atomic_dir(paths.models) as tmp:
             torch.save(model.state_dict(), tmp / "model.pt")

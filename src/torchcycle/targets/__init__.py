@@ -26,6 +26,7 @@ class Target(Protocol):
     name: str
     default_metric: str  # what the registry compares when params say `auto`
     metric_names: tuple[str, ...]  # metrics a registry rule may name
+    headline_metrics: tuple[str, ...]  # scalar metrics given bootstrap confidence intervals by evaluate
 
     stratified: bool  # whether splits are stratified by the encoded target
 
@@ -64,8 +65,11 @@ class Target(Protocol):
         """The training loss and validation metrics (torchcycle.training.objectives)."""
         ...
 
-    def calibrate(self, state: dict[str, Any], val_outputs: np.ndarray, val_y: np.ndarray) -> dict[str, Any]:
-        """State completed with what is fitted on the validation split after training (e.g. intervals)."""
+    def calibrate(self, state: dict[str, Any], val_outputs: np.ndarray, val_y: np.ndarray,
+                  train_cfg: Any = None) -> dict[str, Any]:
+        """State completed with what is fitted on the raw validation outputs after training, as
+        `train_cfg` (the task's TrainConfig; None: its defaults) asks: a probability calibration and a
+        decision threshold, or prediction intervals. The head and `predictions` apply it."""
         ...
 
     def head(self, state: dict[str, Any]) -> nn.Module:
@@ -78,9 +82,25 @@ class Target(Protocol):
         """A linear readout of the raw outputs that explanations attribute, and its name in words."""
         ...
 
-    def metrics(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any]) -> dict[str, Any]: ...
+    def metrics(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any],
+                options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """metrics.json's numbers for the head's outputs. `options` (the `evaluate` params: `ece_bins`,
+        `bootstrap_samples`, `confidence`, and `seed`) may tune them; None: defaults."""
+        ...
 
-    def tables(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any]) -> dict[str, pd.DataFrame]: ...
+    def headline(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any],
+                 options: dict[str, Any] | None = None) -> dict[str, float | None]:
+        """`headline_metrics` alone, equal to `metrics`' values, fast enough for every bootstrap resample."""
+        ...
+
+    def diagnostics(self, y: np.ndarray, raw_outputs: np.ndarray, outputs: np.ndarray, state: dict[str, Any],
+                    options: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict]:
+        """What needs the raw model outputs as well as the head's (e.g. calibration before and after):
+        (metrics merged into metrics.json, plot tables, figures by file name); ({}, {}, {}) if nothing."""
+        ...
+
+    def tables(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any],
+               options: dict[str, Any] | None = None) -> dict[str, pd.DataFrame]: ...
 
     def figures(self, metrics: dict, tables: dict[str, pd.DataFrame], state: dict[str, Any]) -> dict[str, Any]: ...
 

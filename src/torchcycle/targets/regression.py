@@ -46,6 +46,7 @@ class Regression:
     name = "regression"
     default_metric = "rmse"
     metric_names = ("rmse", "mae", "r2", "mape")
+    headline_metrics = ("rmse", "mae", "r2")  # with bootstrap confidence intervals in metrics.json
 
     def check(self, values: pd.Series, source: Any, batch: bool = False) -> list[str]:
         target = getattr(source, "target", "target")
@@ -103,8 +104,10 @@ class Regression:
 
         return RegressionObjective(train_cfg.regression_loss, train_cfg.huber_delta)
 
-    def calibrate(self, state: dict[str, Any], val_outputs: np.ndarray, val_y: np.ndarray) -> dict[str, Any]:
-        """Split-conformal half-width on the validation split, in the (log-)target units the head adds it in."""
+    def calibrate(self, state: dict[str, Any], val_outputs: np.ndarray, val_y: np.ndarray,
+                  train_cfg: Any = None) -> dict[str, Any]:
+        """Split-conformal half-width on the validation split, in the (log-)target units the head adds it in
+        (`train_cfg` is not needed: the coverage is in the state, from `source.interval_coverage`)."""
         from torchcycle.errors import ConfigError
         from torchcycle.evaluation.conformal import conformal_halfwidth, min_calibration_points
 
@@ -130,13 +133,29 @@ class Regression:
         return unscale(state["mean"], state["std"]), (f"predicted log({name})" if state["transform"] == "log"
                                                       else f"predicted {name}")
 
-    def metrics(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
+    def metrics(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any],
+                options: dict[str, Any] | None = None) -> dict[str, Any]:
         from torchcycle.evaluation.regression import regression_metrics
 
         out = np.asarray(outputs, np.float64)
         return regression_metrics(self.decode(y, state), out[:, 0], out[:, 1], out[:, 2], state["coverage"])
 
-    def tables(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    def headline(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any],
+                 options: dict[str, Any] | None = None) -> dict[str, float | None]:
+        """`headline_metrics` in target units, as `metrics` computes them, in numpy (for the bootstrap)."""
+        actual = self.decode(y, state)
+        error = np.asarray(outputs, np.float64)[:, 0] - actual
+        spread, residual = float(((actual - actual.mean()) ** 2).sum()), float((error**2).sum())
+        r2 = None if len(actual) < 2 else 1.0 - residual / spread if spread > 0 else float(residual == 0)
+        return {"rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error))), "r2": r2}
+
+    def diagnostics(self, y: np.ndarray, raw_outputs: np.ndarray, outputs: np.ndarray, state: dict[str, Any],
+                    options: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict]:
+        """Nothing beyond `metrics`, which already reports the intervals' coverage and width."""
+        return {}, {}, {}
+
+    def tables(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any],
+               options: dict[str, Any] | None = None) -> dict[str, pd.DataFrame]:
         from torchcycle.evaluation.regression import regression_tables
 
         return regression_tables(self.decode(y, state), np.asarray(outputs, np.float64)[:, 0])

@@ -22,6 +22,8 @@ from torchcycle.targets import get_target
 
 IMAGE_COLUMN = "image"
 EXTENSIONS = (".png", ".jpg", ".jpeg")
+SLICE_COLUMNS = ("class", "brightness")
+BRIGHTNESS = ("Q1 (darkest)", "Q2", "Q3", "Q4 (brightest)")
 
 
 class _Graph(nn.Module):
@@ -112,6 +114,26 @@ class ImageKind:
 
     def row_labels(self, raw: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({"path": [str(v) if isinstance(v, Path) else f"#{i}" for i, v in enumerate(raw[IMAGE_COLUMN])]})
+
+    def slice_frame(self, raw: pd.DataFrame, y: np.ndarray, state: dict[str, Any], target_state: dict[str, Any],
+                    columns: list[str] | None) -> pd.DataFrame:
+        """`class` (the true class) and `brightness` (the quartile of mean pixel intensity within `raw`)."""
+        from torchcycle.errors import ConfigError
+
+        chosen = list(columns) if columns is not None else list(SLICE_COLUMNS)
+        unknown = [c for c in chosen if c not in SLICE_COLUMNS]
+        if unknown:
+            raise ConfigError(f"slice column(s) {unknown} are not known for images; choose from "
+                              f"{list(SLICE_COLUMNS)} (`evaluate.slice_columns`)")
+        out: dict[str, Any] = {}
+        if "class" in chosen:
+            out["class"] = [str(v) for v in np.asarray(target_state["classes"], dtype=object)[np.asarray(y, np.int64)]]
+        if "brightness" in chosen:
+            chunks = (decode(raw.iloc[s : s + 512], state) for s in range(0, len(raw), 512))
+            means = np.array([m for c in chunks for m in c.reshape(len(c), -1).mean(1)])
+            rank = np.argsort(np.argsort(means, kind="stable"), kind="stable")  # ties split evenly
+            out["brightness"] = [BRIGHTNESS[q] for q in rank * len(BRIGHTNESS) // max(len(means), 1)]
+        return pd.DataFrame({c: out[c] for c in chosen}, index=range(len(raw)))
 
     def fingerprint(self, raw: pd.DataFrame) -> bytes:
         import hashlib

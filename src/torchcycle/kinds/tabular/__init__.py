@@ -148,6 +148,21 @@ class TabularKind:
     def row_labels(self, raw: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(index=range(len(raw)))
 
+    def slice_frame(self, raw: pd.DataFrame, y: np.ndarray, state: dict[str, Any], target_state: dict[str, Any],
+                    columns: list[str] | None) -> pd.DataFrame:
+        """The listed columns, or every categorical column of the state; a listed numeric column with
+        many values in quartile ranges; missing values as MISSING."""
+        from torchcycle.errors import ConfigError
+
+        types = column_types(state)
+        chosen = list(columns) if columns is not None else [c for c, role in types.items() if role == "categorical"]
+        unknown = [c for c in chosen if c not in raw.columns]
+        if unknown:
+            raise ConfigError(f"slice column(s) {unknown} are not columns of the data; choose from "
+                              f"{sorted(map(str, raw.columns))} (`evaluate.slice_columns`)")
+        return pd.DataFrame({c: _slice_labels(raw[c].reset_index(drop=True), types.get(c)) for c in chosen},
+                            index=range(len(raw)))
+
     def fingerprint(self, raw: pd.DataFrame) -> bytes:
         digest = pd.util.hash_pandas_object(raw, index=False).to_numpy().tobytes()
         return digest + ",".join(map(str, raw.columns)).encode()
@@ -156,6 +171,14 @@ class TabularKind:
         from torchcycle.kinds.tabular.batches import TabularBatches
 
         return TabularBatches()
+
+
+def _slice_labels(values: pd.Series, role: str | None) -> list[str]:
+    """Group labels as text: quartile ranges for a number with more than 10 values, else the value."""
+    if role == "numeric" and values.nunique() > 10:
+        bins = pd.qcut(pd.to_numeric(values, errors="coerce"), 4, duplicates="drop")
+        return [MISSING if pd.isna(b) else f"{b.left:g} to {b.right:g}" for b in bins]
+    return [MISSING if pd.isna(v) else str(v) for v in values]
 
 
 def split_indices(y: np.ndarray, labels: np.ndarray | None, has_test: bool, split_cfg: Any, seed: int):
