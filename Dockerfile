@@ -1,6 +1,6 @@
 # torchcycle: the pipeline, the retraining flows and the dashboard on CPU PyTorch, in one image.
 #   docker build -t torchcycle .
-#   docker run --rm -p 8501:8501 torchcycle                                   # the dashboard
+#   docker run --rm -p 127.0.0.1:8501:8501 torchcycle                         # the dashboard, on this host only
 #   docker run --rm -v "$PWD:/app" torchcycle dvc repro                       # the pipeline on a checkout
 #   docker run --rm -v "$PWD:/app" torchcycle python -m pipelines.schedule    # the retraining schedule
 #   docker run --rm -v "$PWD:/app" torchcycle torchcycle predict --task adult --input rows.csv

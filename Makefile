@@ -54,6 +54,10 @@ dashboard: venv ## the Streamlit dashboard on 127.0.0.1:$(DASHBOARD_PORT)
 	$(BIN)/streamlit run dashboards/app.py --server.headless true --server.address $(HOST) \
 		--server.port $(DASHBOARD_PORT) --browser.gatherUsageStats false --client.toolbarMode minimal
 
+.PHONY: plots
+plots: venv ## dvc plots show in dvc_plots/index.html, drawn offline (vega inlined from deploy/plots/)
+	$(BIN)/dvc plots show --html-template deploy/plots/vega-offline.html -o dvc_plots
+
 browser: ## Debian's chromium for the real-browser dashboard test (installed only when missing)
 	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
@@ -71,7 +75,7 @@ postgres: ## Debian's PostgreSQL server binaries for the team-mode tests (instal
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
 
 schedule: venv ## Prefect server on 127.0.0.1 (if none runs) + the retraining deployment on its cron schedule
-	PREFECT_PORT=$(PREFECT_PORT) $(BIN)/python -m pipelines.schedule
+	PREFECT_HOST=$(HOST) PREFECT_PORT=$(PREFECT_PORT) $(BIN)/python -m pipelines.schedule
 
 prefect-ui: ## where to watch retraining runs
 	@echo "Prefect UI: http://$(HOST):$(PREFECT_PORT)  (started by 'make schedule')"
