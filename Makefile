@@ -42,11 +42,16 @@ test: venv browser postgres ## the whole test suite (what CI runs)
 test-fast: venv ## unit tests only (no end-to-end runs)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-serve: venv ## the registry's champion as a REST server on 127.0.0.1 (TASK=adult, SERVE_PORT=5001)
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(BIN)/mlflow models serve \
-		-m models:/torchcycle-$(or $(TASK),adult)@champion --env-manager local -h $(HOST) -p $(or $(SERVE_PORT),5001)
+serve: venv ## the registry's champion as a REST server on 127.0.0.1 (TASK=adult, SERVE_PORT=5001, SERVE_WORKERS=2)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+	TORCHCYCLE_ORT_THREADS=$${TORCHCYCLE_ORT_THREADS:-1} $(BIN)/mlflow models serve \
+		-m models:/torchcycle-$(or $(TASK),adult)@champion --env-manager local -h $(HOST) -p $(or $(SERVE_PORT),5001) \
+		--workers $(or $(SERVE_WORKERS),2) --timeout $(or $(SERVE_TIMEOUT),30)
 
+# without MLflow's GenAI job runner (7 huey consumer processes, twice the start-up time) unless
+# MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true
 mlflow: venv ## MLflow UI on the project's store, on 127.0.0.1
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
 	$(BIN)/mlflow ui --host $(HOST) --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlflow.db \
 		--default-artifact-root ./mlartifacts --workers 1
 

@@ -43,27 +43,79 @@ def signature(predictor: Any, example: pd.DataFrame, output: pd.DataFrame) -> An
     return ModelSignature(Schema(columns), inferred.outputs)
 
 
+# The serving limits, read from the environment of `mlflow models serve` when the model loads.
+MAX_ROWS_ENV, MAX_BYTES_ENV, ORT_THREADS_ENV = "TORCHCYCLE_MAX_ROWS", "TORCHCYCLE_MAX_BYTES", "TORCHCYCLE_ORT_THREADS"
+DEFAULT_MAX_ROWS = 10_000
+DEFAULT_MAX_BYTES = 64 * 2**20  # the request's records in memory (pandas' deep memory usage)
+DEFAULT_ORT_THREADS = 1
+
+
+def _env_int(name: str, default: int) -> int:
+    from torchcycle.errors import ConfigError
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r}: expected a positive whole number")
+    return value
+
+
 def _load_pyfunc(data_path: str, model_config: Any = None) -> RawInputModel:
     from torchcycle.serving import Predictor
 
-    return RawInputModel(Predictor(Path(data_path)))
+    return RawInputModel(Predictor(Path(data_path), threads=_env_int(ORT_THREADS_ENV, DEFAULT_ORT_THREADS)))
 
 
 class RawInputModel:
-    """What `mlflow.pyfunc` wraps: a Predictor taking data frames as the scoring server builds them."""
+    """What `mlflow.pyfunc` wraps: a Predictor taking data frames as the scoring server builds them.
 
-    def __init__(self, predictor: Any) -> None:
+    A request over `max_rows` records (TORCHCYCLE_MAX_ROWS, default 10,000) or `max_bytes` of records in
+    memory (TORCHCYCLE_MAX_BYTES, default 64 MiB; base64 images count here) is refused with a 400 naming
+    the limit, before any preprocessing allocates tensors for it. The scoring server has by then read and
+    parsed the whole body (MLflow sets no cap on it), so a cap on the body itself belongs to a proxy in front.
+    """
+
+    def __init__(self, predictor: Any, max_rows: int | None = None, max_bytes: int | None = None) -> None:
         self.predictor = predictor
+        self.max_rows = max_rows if max_rows is not None else _env_int(MAX_ROWS_ENV, DEFAULT_MAX_ROWS)
+        self.max_bytes = max_bytes if max_bytes is not None else _env_int(MAX_BYTES_ENV, DEFAULT_MAX_BYTES)
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Bad input raises MlflowException, so the scoring server answers 400 with our message rather
-        than "an unexpected error" and a stack trace."""
+        """Bad input raises MlflowException(INVALID_PARAMETER_VALUE), so the scoring server answers 400 with
+        our message rather than "an unexpected error" and a stack trace."""
         from mlflow.exceptions import MlflowException
 
         from torchcycle.errors import PredictionInputError
 
-        frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
         try:
+            frame = self.checked(data)
             return self.predictor.predict(frame)
         except PredictionInputError as err:
             raise MlflowException.invalid_parameter_value(str(err)) from err
+
+    def checked(self, data: Any) -> pd.DataFrame:
+        """`data` as a DataFrame within the limits, or a PredictionInputError naming the limit."""
+        from torchcycle.errors import PredictionInputError
+
+        if not isinstance(data, pd.DataFrame):
+            try:
+                data = pd.DataFrame(data)
+            except (ValueError, TypeError) as err:
+                raise PredictionInputError(f"the input is not a table of records ({err})") from None
+        if len(data) > self.max_rows:
+            raise PredictionInputError(
+                f"the request holds {len(data):,} records; the limit is {self.max_rows:,} per request "
+                f"({MAX_ROWS_ENV}). Send them in smaller requests."
+            )
+        size = int(data.memory_usage(index=False, deep=True).sum())
+        if size > self.max_bytes:
+            raise PredictionInputError(
+                f"the request's records take {size / 2**20:.1f} MiB; the limit is {self.max_bytes / 2**20:.1f} MiB "
+                f"per request ({MAX_BYTES_ENV}). Send them in smaller requests."
+            )
+        return data

@@ -249,3 +249,93 @@ def test_runtimes_are_timed_in_alternating_blocks() -> None:
     timed = calls[10:]  # after 5 warm-up calls each
     switches = sum(x != y for x, y in itertools.pairwise(timed))
     assert timed.count("a") == timed.count("b") == 40 and switches == 7  # a b a b ... in blocks of ten
+
+
+def declared_png(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header declares width × height greyscale pixels (one tiny IDAT
+    chunk follows): a decompression bomb's shape, without the memory to decode it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(("width", "height"), [(6000, 6000), (10_000, 9_500), (100_000, 100_000)])
+def test_an_image_declaring_too_many_pixels_is_refused_as_a_decompression_bomb(width, height) -> None:
+    """Over our limit only (36 MP), over PIL's warning limit too (95 MP: DecompressionBombWarning) and over
+    PIL's error limit (10 GP: DecompressionBombError): each a PredictionInputError naming it, before decoding."""
+    import warnings
+
+    from torchcycle.kinds.image.preprocess import ImageTooLargeError, load_image
+
+    blob = declared_png(width, height)
+    assert len(blob) < 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(ImageTooLargeError, match=r"uploaded bytes: .*decompression bomb") as info:
+            load_image(blob, (12, 12), 1)
+    assert isinstance(info.value, PredictionInputError)
+    if width * height < 2 * Image.MAX_IMAGE_PIXELS:  # below PIL's own error: our check names the size
+        assert f"{width}×{height}" in str(info.value) and "TORCHCYCLE_MAX_IMAGE_PIXELS" in str(info.value)
+    with warnings.catch_warnings():  # PIL's warning treated as an error is refused the same way
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(ImageTooLargeError, match="decompression bomb"):
+            load_image(blob, (12, 12), 1, name="huge.png")
+
+
+def test_the_pixel_limit_is_configurable(monkeypatch) -> None:
+    from torchcycle.errors import ConfigError
+    from torchcycle.kinds.image.preprocess import load_image
+
+    small = declared_png(12, 12)  # declares 144 pixels (its data is too short to decode)
+    monkeypatch.setenv("TORCHCYCLE_MAX_IMAGE_PIXELS", "100")
+    with pytest.raises(PredictionInputError, match=r"12×12 = 144 pixels is over the limit of 100"):
+        load_image(small, (12, 12), 1)
+    monkeypatch.setenv("TORCHCYCLE_MAX_IMAGE_PIXELS", "a lot")
+    with pytest.raises(ConfigError, match="TORCHCYCLE_MAX_IMAGE_PIXELS='a lot'"):
+        load_image(small, (12, 12), 1)
+    monkeypatch.delenv("TORCHCYCLE_MAX_IMAGE_PIXELS")
+    ok = io_png(np.zeros((20, 30), np.uint8))
+    assert load_image(ok, (12, 12), 1).shape == (1, 12, 12)
+
+
+def io_png(pixels: np.ndarray) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_decompression_bomb_is_an_input_error_in_decode_files_and_the_cli(image, tmp_path, monkeypatch) -> None:
+    """The image kind's decode (HTTP and dashboard), a file for `torchcycle predict`, and the CLI's exit 2."""
+    import base64
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from torchcycle import cli, serving
+    from torchcycle.tracking import mlflow_run
+
+    _, state, blob = image
+    bomb = declared_png(100_000, 100_000)
+    good = base64.b64encode(io_png(np.zeros((12, 12), np.uint8))).decode()
+    with pytest.raises(PredictionInputError, match=r"column 'image', row 1: uploaded bytes: .*decompression bomb"):
+        decode(pd.DataFrame({"image": [good, base64.b64encode(bomb).decode()]}), state)
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    predictor = Predictor(blob)
+    with pytest.raises(PredictionInputError, match=r"bomb\.png: .*decompression bomb"):
+        predictor.predict_path(tmp_path / "bomb.png")
+
+    monkeypatch.setattr(serving, "load_registered", lambda task, alias="champion": (predictor, {}))
+    monkeypatch.setattr(mlflow_run, "configure", lambda *a, **k: None)
+    params = tmp_path / "params.yaml"
+    params.write_text((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    result = CliRunner().invoke(cli.app, ["predict", "--task", "mnist", "--input", str(tmp_path / "bomb.png"),
+                                          "--params", str(params)])
+    assert result.exit_code == 2, result.output
+    assert "bomb.png" in result.output and "decompression bomb" in result.output

@@ -20,7 +20,12 @@ import streamlit as st
 
 from torchcycle.errors import PredictionInputError
 from torchcycle.kinds.image import IMAGE_COLUMN
-from torchcycle.kinds.image.preprocess import load_image, transform_images
+from torchcycle.kinds.image.preprocess import (
+    ImageTooLargeError,
+    load_image,
+    max_image_pixels,
+    transform_images,
+)
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 
@@ -31,7 +36,8 @@ def predict(page: Any) -> None:
     state = predictor.state
     h, w = state["size"]
     st.markdown(f"Upload a PNG or JPEG (any size; resized to {h}×{w}, "
-                f"{'greyscale' if state['channels'] == 1 else 'RGB'}; at most {MAX_IMAGE_BYTES // 2**20} MB).")
+                f"{'greyscale' if state['channels'] == 1 else 'RGB'}; at most {MAX_IMAGE_BYTES // 2**20} MB "
+                f"and {max_image_pixels() / 1e6:.0f} megapixels).")
     upload = st.file_uploader("Image", type=["png", "jpg", "jpeg"], key="predict_image")
     if upload is None:
         return
@@ -56,14 +62,17 @@ def predict(page: Any) -> None:
 
 
 def pixels_of(name: str, blob: bytes, state: dict) -> np.ndarray:
-    """uint8 (C, H, W) at the model's size, decoded by the shared loader (resizes, converts colour)."""
+    """uint8 (C, H, W) at the model's size, decoded by the shared loader (resizes, converts colour; refuses
+    images over `max_image_pixels()`)."""
     if len(blob) > MAX_IMAGE_BYTES:
         raise PredictionInputError(f"{name} is {len(blob) / 1e6:.1f} MB; the limit is {MAX_IMAGE_BYTES / 1e6:.0f} MB.")
     if not blob:
         raise PredictionInputError(f"{name} is empty.")
     try:
-        return load_image(blob, tuple(state["size"]), state["channels"])
-    except Exception:  # undecodable, truncated or a decompression bomb: all the same here
+        return load_image(blob, tuple(state["size"]), state["channels"], name=name)
+    except ImageTooLargeError:
+        raise  # a decompression bomb: the message names the file, its pixels and the limit
+    except PredictionInputError:  # undecodable or truncated
         raise PredictionInputError(f"{name} is not a readable PNG or JPEG image.") from None
 
 
