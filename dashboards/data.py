@@ -193,6 +193,38 @@ def run_csv(uri: str, run_id: str, artifact: str) -> pd.DataFrame | None:
         return None
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def run_json(uri: str, run_id: str, artifact: str) -> dict | None:
+    """A JSON artifact of a run (the evaluate stage's metrics.json, the slices report); None when the run
+    has none (it ran before that stage existed) or it does not hold a JSON object."""
+    text = _run_text(uri, run_id, artifact)
+    try:
+        found = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+@st.cache_data(ttl=SHORT_TTL, show_spinner=False, max_entries=64)
+def run_text(uri: str, run_id: str, artifact: str) -> str | None:
+    """A text artifact of a run (a model card); None when the run has none. Cached briefly: the register
+    stage creates the version a moment before it logs the card."""
+    return _run_text(uri, run_id, artifact)
+
+
+def _run_text(uri: str, run_id: str, artifact: str) -> str | None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp,
+                                                        tracking_uri=uri)
+            return Path(local).read_text(encoding="utf-8")
+    except (MlflowException, OSError, UnicodeDecodeError):
+        return None
+
+
 # --------------------------------------------------------------------------- models
 @dataclass
 class Served:
@@ -355,6 +387,13 @@ def mismatch(task: str, choice: str) -> str | None:
             "are shown for it; pick another version, or re-run the pipeline on the data it was trained on.")
 
 
+def target_of(state: dict) -> Any:
+    """The target type of a target state (torchcycle.targets): which way its metrics are better, …"""
+    from torchcycle.targets import target_of as resolve
+
+    return resolve(state)
+
+
 def describe(state: dict) -> str:
     """A target state in words: its type, and the name and classes when it has them."""
     known = [f"{k} {state[k]!r}" for k in ("name", "classes") if state.get(k) is not None]
@@ -390,3 +429,55 @@ def evaluation(task: str, choice: str) -> dict | None:
     p = paths(task)
     return _evaluation(task, choice, _stamp(p.split("test")) + _stamp(p.predictions)
                        + _stamp(p.models / "model_config.json"))
+
+
+# --------------------------------------------------------------------------- what the stages reported
+METRICS_ARTIFACT = "evaluation/metrics.json"  # as the evaluate stage logs them to the training run
+EVALUATION_ARTIFACTS = "evaluation"
+SLICES_ARTIFACT = "slices/slices.json"
+CARD_ARTIFACT = "model_card/model_card.md"
+REGISTRY_ARTIFACT = "registry/registry.json"
+
+
+def stage_reports(task: str, choice: str, tables: tuple[str, ...] = ()) -> dict:
+    """What the evaluate and slices stages wrote about a model: `metrics` (metrics.json: calibration,
+    threshold, confidence intervals), the named evaluation `tables` (e.g. reliability) and `slices`
+    (slices.json); each None (or absent) when that model has none. The workspace's files for WORKSPACE,
+    else the artifacts of the version's training run; `origin` says which in words."""
+    p = paths(task)
+    if choice == WORKSPACE:
+        found = {name: read(p.evaluation / f"{name}.csv") for name in tables}
+        return {"metrics": read(p.metrics), "tables": {k: v for k, v in found.items() if v is not None},
+                "slices": read(p.slices_report), "origin": f"`reports/{task}/` of the last `make run`"}
+    uri = tracking_uri()
+    run_id = _version(task, choice)["run_id"]
+    found = {name: run_csv(uri, run_id, f"{EVALUATION_ARTIFACTS}/{name}.csv") for name in tables}
+    return {"metrics": run_json(uri, run_id, METRICS_ARTIFACT),
+            "tables": {k: v for k, v in found.items() if v is not None},
+            "slices": run_json(uri, run_id, SLICES_ARTIFACT),
+            "origin": f"the evaluate and slices stages of v{choice}'s training run (its test split)"}
+
+
+def _version(task: str, choice: str) -> dict:
+    return next(v for v in versions(tracking_uri(), registered_name(task)) if v["version"] == choice)
+
+
+def registration(task: str, choice: str) -> dict:
+    """A model's registration: `version` (None when the workspace's model is not registered), its
+    promotion `decision` (the register stage's, with `gates` and `warnings`; None for a version
+    registered before decisions were recorded) and its model `card` (Markdown; None for a version
+    registered before model cards existed)."""
+    from dashboards.reports import decision_from_tags
+
+    if choice == WORKSPACE:
+        report = read(paths(task).registry_report) or {}
+        run = (read(paths(task).run_info) or {}).get("run_id")
+        if not report or report.get("run_id") != run:  # registry.json is of an earlier model
+            return {"version": None, "decision": None, "card": None}
+        decision = dict(report.get("decision") or {}) or None
+        if decision is not None:
+            decision.setdefault("gates", report.get("gates") or [])
+        return {"version": str(report["version"]), "decision": decision, "card": report.get("model_card")}
+    v = _version(task, choice)
+    return {"version": choice, "decision": decision_from_tags(v["tags"]),
+            "card": run_text(tracking_uri(), v["run_id"], CARD_ARTIFACT)}

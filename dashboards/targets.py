@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboards import ui
+from dashboards import reports, ui
 from torchcycle.targets.classification import CLASSIFICATION
 
 MAX_BARS = 10  # probabilities shown for one prediction (the most likely classes)
@@ -29,6 +29,7 @@ def _decide(outputs: np.ndarray, state: dict) -> int:
 class ClassificationView:
     headline = ("accuracy", "roc_auc", "f1_macro", "log_loss")  # Overview: the champion in four numbers
     examples_title = "Misclassified test examples"
+    stage_tables = ("reliability",)  # evaluation tables of the evaluate stage the Model page draws
 
     # ------------------------------------------------------------------ one prediction
     def sentence(self, outputs: np.ndarray, state: dict) -> str:
@@ -62,11 +63,15 @@ class ClassificationView:
         return values.astype(str)
 
     # ------------------------------------------------------------------ a model on the test split
-    def evaluation(self, ev: dict) -> None:
+    def evaluation(self, ev: dict, stage: dict | None = None) -> None:
+        """The metrics (with the evaluate stage's confidence intervals), per-class metrics, confusion matrix
+        and curves of `ev`; then the calibration and decision threshold the evaluate stage reported
+        (`stage`: data.stage_reports)."""
         m, classes, t = ev["metrics"], ev["state"]["classes"], ev["tables"]
+        cis = ((stage or {}).get("metrics") or {}).get("confidence_intervals") or {}
         head = ["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "log_loss"]
         for col, k in zip(st.columns(len(head)), head):
-            col.metric(k.replace("_", " "), ui.fmt(m.get(k), 3))
+            reports.metric(col, k.replace("_", " "), m.get(k), ui.fmt(m.get(k), 3), cis.get(k), lambda v: f"{v:.3f}")
         per_class = pd.DataFrame(m["per_class"]).T.rename_axis("class").reset_index()
         left, right = st.columns([1, 1])
         left.markdown("**Per-class metrics**")
@@ -87,6 +92,43 @@ class ClassificationView:
                                 "mean predicted probability", "observed frequency", diagonal=True, height=280))
         if len(classes) > 2:
             st.caption("ROC, precision-recall and calibration are micro-averaged over classes (one-vs-rest).")
+        if stage is not None:
+            self.calibration(stage.get("metrics") or {}, stage.get("tables") or {}, stage.get("origin", ""),
+                             ev["state"].get("positive_class") or classes[-1])
+
+    def calibration(self, metrics: dict, tables: dict[str, pd.DataFrame], origin: str, positive: str) -> None:
+        """ECE before and after the calibration map, the reliability diagram (before, after, the diagonal)
+        and, for a binary task with one, the decision threshold with its metrics next to 0.5's."""
+        st.subheader("Calibration and decision threshold")
+        cal = metrics.get("calibration")
+        if not cal:
+            st.info("No calibration report for this model: it was evaluated before calibration was reported.",
+                    icon=":material/info:")
+            return
+        before, after = cal.get("before") or {}, cal.get("after") or {}
+        ci = reports.ci_text((metrics.get("confidence_intervals") or {}).get("ece"), lambda v: f"{v:.4f}")
+        st.markdown(f"Expected calibration error **{ui.fmt(before.get('ece'))} → {ui.fmt(after.get('ece'))}** "
+                    + (f"({ci} after) " if ci else "")
+                    + f"with {calibration_method(cal)} ({cal.get('ece_bins')} {cal.get('binning', 'equal-width')} "
+                    "bins; lower is better).")
+        st.caption(f"On the test split, from {origin}. Before: softmax of the raw logits; after: the calibrated "
+                   "probabilities the served model outputs.")
+        left, right = st.columns([2, 3])
+        left.dataframe(calibration_table(cal), hide_index=True, column_config={
+            c: st.column_config.NumberColumn(format="%.4f") for c in ("before", "after", "change")})
+        reliability = tables.get("reliability")
+        if reliability is not None and not reliability.empty:
+            right.altair_chart(ui.lines(reliability_frame(reliability), "confidence", "accuracy", "series",
+                                        "Reliability diagram", "confidence (top-label probability)",
+                                        "accuracy", diagonal=True, height=280))
+        rule = metrics.get("threshold")
+        if rule:
+            st.markdown(f"Decision threshold **{rule['value']:.3f}** on P({positive}) "
+                        f"(chosen on the validation split for `{rule.get('objective')}`), next to 0.5:")
+            st.dataframe(threshold_table(rule), hide_index=True, column_config={
+                c: st.column_config.NumberColumn(format="%.4f") for c in ("at the threshold", "at 0.5", "change")})
+        else:
+            st.caption("No decision threshold: the most probable class is predicted.")
 
     def worst(self, ev: dict) -> pd.DataFrame:
         """The misclassified test examples the reader filters for, most confident mistakes first: one row
@@ -111,9 +153,50 @@ class ClassificationView:
         return table
 
 
+def calibration_method(cal: dict) -> str:
+    """'temperature scaling (T = 1.234)', 'vector scaling', 'no calibration'."""
+    method = cal.get("method") or "none"
+    if method == "none":
+        return "no calibration"
+    temperature = cal.get("temperature")
+    return f"{method} scaling" + (f" (T = {temperature:.3f})" if isinstance(temperature, (int, float)) else "")
+
+
+def calibration_table(cal: dict) -> pd.DataFrame:
+    """ECE, Brier score and log loss before and after calibration, and the change."""
+    before, after = cal.get("before") or {}, cal.get("after") or {}
+    names = [k for k in ("ece", "brier", "log_loss") if k in before or k in after]
+    names += [k for k in {**before, **after} if k not in names]
+    rows = [{"measure": k, "before": before.get(k), "after": after.get(k)} for k in names]
+    frame = pd.DataFrame(rows, columns=["measure", "before", "after"])
+    frame["change"] = pd.to_numeric(frame["after"]) - pd.to_numeric(frame["before"])
+    return frame
+
+
+def reliability_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """reliability.csv (confidence, accuracy_before/after, count_before/after) as one line per series."""
+    parts = []
+    for when, name in (("before", "before calibration"), ("after", "after calibration")):
+        counts = table[f"count_{when}"]
+        part = table.loc[counts > 0, ["confidence", f"accuracy_{when}", f"count_{when}"]]
+        parts.append(part.set_axis(["confidence", "accuracy", "rows"], axis=1).assign(series=name))
+    return pd.concat(parts, ignore_index=True)
+
+
+def threshold_table(rule: dict) -> pd.DataFrame:
+    """Accuracy, F1 (of the positive class) and balanced accuracy at the decision threshold and at 0.5."""
+    names = [k.removesuffix("_at_threshold") for k in rule if k.endswith("_at_threshold")]
+    frame = pd.DataFrame([{"metric": k.replace("_", " "), "at the threshold": rule.get(f"{k}_at_threshold"),
+                           "at 0.5": rule.get(f"{k}_at_0.5")} for k in names],
+                         columns=["metric", "at the threshold", "at 0.5"])
+    frame["change"] = pd.to_numeric(frame["at the threshold"]) - pd.to_numeric(frame["at 0.5"])
+    return frame
+
+
 class RegressionView:
     headline = ("rmse", "mae", "r2", "interval_coverage")
     examples_title = "Largest errors on the test split"
+    stage_tables: tuple[str, ...] = ()  # nothing beyond the metrics (coverage, intervals)
 
     # ------------------------------------------------------------------ one prediction
     def sentence(self, outputs: np.ndarray, state: dict) -> str:
@@ -150,13 +233,17 @@ class RegressionView:
         return bins.map(lambda b: f"{ui.number(b.left)} – {ui.number(b.right)}").astype(str)
 
     # ------------------------------------------------------------------ a model on the test split
-    def evaluation(self, ev: dict) -> None:
+    def evaluation(self, ev: dict, stage: dict | None = None) -> None:
+        """RMSE, MAE, R² (with the evaluate stage's confidence intervals: `stage`, data.stage_reports),
+        MAPE, the intervals' coverage and width; predicted-vs-actual and the residuals."""
         m, t, state = ev["metrics"], ev["tables"], ev["state"]
-        head = {"RMSE": ui.number(m.get("rmse")), "MAE": ui.number(m.get("mae")), "R²": ui.fmt(m.get("r2"), 3),
-                "MAPE": _share(m.get("mape")), f"coverage ({_coverage(state)} nominal)": _share(m.get("interval_coverage")),
-                "mean interval width": ui.number(m.get("interval_mean_width"))}  # fmt: skip
-        for col, (label, value) in zip(st.columns(len(head)), head.items()):
-            col.metric(label, value)
+        cis = ((stage or {}).get("metrics") or {}).get("confidence_intervals") or {}
+        r2 = lambda v: ui.fmt(v, 3)  # noqa: E731
+        head = {"RMSE": ("rmse", ui.number), "MAE": ("mae", ui.number), "R²": ("r2", r2), "MAPE": ("mape", _share),
+                f"coverage ({_coverage(state)} nominal)": ("interval_coverage", _share),
+                "mean interval width": ("interval_mean_width", ui.number)}  # fmt: skip
+        for col, (label, (key, fmt)) in zip(st.columns(len(head)), head.items()):
+            reports.metric(col, label, m.get(key), fmt(m.get(key)), cis.get(key), fmt)
         name = _name(state)
         a, b, c = st.columns(3)
         a.altair_chart(ui.points(t["predicted_vs_actual"], "actual", "predicted", "Predicted vs actual",

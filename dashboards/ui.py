@@ -87,8 +87,9 @@ def lines(frame: pd.DataFrame, x: str, y: str, colour: str | None, title: str, x
 
 
 def bars(frame: pd.DataFrame, x: str, y: str, title: str, x_title: str | None = None, colour: str | None = None,
-         height: Any = None, sort: str = "-x") -> alt.Chart:
-    """Horizontal bars (y categorical), largest on top."""
+         height: Any = None, sort: str | None = "-x", rule: float | None = None) -> alt.Chart:
+    """Horizontal bars (y categorical), largest on top; `rule`: a dashed reference line at that x (e.g. the
+    overall value the bars are compared with)."""
     enc: dict[str, Any] = {
         "x": alt.X(x, type="quantitative", title=x_title or x),
         "y": alt.Y(y, type="nominal", sort=sort, title=None, axis=alt.Axis(labelOverlap=False, labelLimit=220)),
@@ -98,8 +99,12 @@ def bars(frame: pd.DataFrame, x: str, y: str, title: str, x_title: str | None = 
         enc["color"] = alt.Color(colour, type="nominal", scale=alt.Scale(range=colours(frame[colour].nunique())))
     else:
         enc["color"] = alt.value(PALETTE[0])
+    chart = alt.Chart(frame, title=title).mark_bar().encode(**enc)
+    if rule is not None:
+        chart = chart + alt.Chart(pd.DataFrame({x: [rule]})).mark_rule(
+            strokeDash=[5, 4], color="#333333", strokeWidth=1.5).encode(x=alt.X(x, type="quantitative"))
     # one band per bar (a fixed pixel height collapses short charts in Streamlit)
-    return _finish(alt.Chart(frame, title=title).mark_bar().encode(**enc), height or alt.Step(26))
+    return _finish(chart, height or alt.Step(26))
 
 
 def points(frame: pd.DataFrame, x: str, y: str, title: str, x_title: str | None = None,

@@ -1,12 +1,14 @@
 """Model: one registered version (or the workspace's last evaluation) on the test split. Metrics and plots
 come from its target type (accuracy, ROC, precision-recall, calibration and the confusion matrix; or RMSE,
-predicted-vs-actual and residuals), the worst test examples from its kind (rows, or pictures)."""
+predicted-vs-actual and residuals), with the evaluate stage's confidence intervals and calibration report;
+then its metrics per slice of the test split and group fairness (the slices stage), its promotion decision
+and model card (the register stage), and the worst test examples from its kind (rows, or pictures)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from dashboards import context, data, targets, ui
+from dashboards import context, data, reports, targets, ui
 
 st.title("Model")
 task = ui.task()
@@ -39,7 +41,8 @@ if choice != data.WORKSPACE:
     st.caption(f"Scored now on the workspace's test split ({len(ev['y'])} rows) through ONNX Runtime · "
                f"[run in MLflow]({data.run_link(run['experiment_id'], run['run_id'])})")
 
-view.evaluation(ev)
+stage = data.stage_reports(task, choice, view.stage_tables)
+view.evaluation(ev, stage)
 
 long = pd.DataFrame()
 if choice == data.WORKSPACE:
@@ -51,7 +54,13 @@ else:
     frames = [data.metric_history(uri, meta[choice]["run_id"], k).assign(series=k) for k in ("train_loss", "val_loss")]
     long = pd.concat(frames, ignore_index=True)
 if not long.empty:
-    st.altair_chart(ui.lines(long, "epoch", "value", "series", "Learning curves", y_title="loss", height=260))
+    st.subheader("Learning curves")
+    st.altair_chart(ui.lines(long, "epoch", "value", "series", "Loss by epoch", y_title="loss", height=260))
+
+target = data.target_of(ev["state"])
+reports.slices_section(stage["slices"], target.higher_is_better, stage["origin"])
+reports.registration_section(data.registration(task, choice),
+                             "workspace's model" if choice == data.WORKSPACE else f"v{choice}")
 
 st.subheader(view.examples_title)
 table = view.worst(ev)

@@ -17,11 +17,16 @@ TASKS = ("adult", "mnist", "diamonds")
 
 def dashboard_params(params: dict) -> dict:
     """Fewer explained rows and no latency floor: a busy test machine must not fail the export. diamonds
-    (a regression task the shared `shrink` leaves alone) is shrunken like adult."""
+    (a regression task the shared `shrink` leaves alone) is shrunken like adult. Promotion gates that
+    always pass, so registered versions carry gates; slices of a few rows, so mnist's tiny test split has some."""
     params["diamonds"]["source"]["max_rows"] = 800
     params["diamonds"]["train"]["epochs"] = 2
     params["explain"].update({"max_rows": 150, "background_rows": 50, "local_examples": 2})
     params["export"].update({"benchmark_repeats": 10, "min_speedup": 0})
+    # every promotion gate on, with limits no model can fail (a value is at most 1 for a classifier; the
+    # slice drop is measured against a champion, which only adult's second run has): the Model page shows them
+    params["registry"]["gates"] = {"max_ece": 1.0, "max_slice_drop": 1.0, "max_fairness_difference": 1.0}
+    params["evaluate"]["min_slice_rows"] = 5  # mnist's 60 test images: 6 per class, 15 per brightness quartile
     return params
 
 

@@ -72,7 +72,14 @@ def test_every_page_renders_with_a_trained_project(trained, at_root) -> None:
         assert champions and all(v.startswith("v") for v in champions)
     model = open_page("model", "adult")
     accuracy = next(m.value for m in model.metric if m.label == "accuracy")
-    assert 0.0 <= float(accuracy) <= 1.0
+    # the champion scored now on the test split equals what its own evaluate stage recorded on that split
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{trained.root / 'mlflow.db'}"
+    champion = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("torchcycle-adult",
+                                                                                           "champion")
+    recorded = MlflowClient(tracking_uri=uri).get_run(champion.run_id).data.metrics["test_accuracy"]
+    assert float(accuracy) == pytest.approx(recorded, abs=6e-4)  # shown with three decimals
     assert "misclassified of" in texts(model.caption)
     experiments = open_page("experiments", "adult")
     assert "Pick at least two" not in texts(experiments.info), "adult has two runs to compare"
@@ -191,6 +198,118 @@ def test_local_shap_adds_up_to_the_served_models_log_odds(trained, at_root) -> N
     at = open_page("explain", "adult")
     at.number_input(key="explain_row").set_value(7).run()
     assert not at.exception and "Actual" in texts(at.markdown)
+
+
+# --------------------------------------------------------------------------- what the stages reported
+def report(project, task: str, name: str) -> dict:
+    import json
+
+    return json.loads((project.root / "reports" / task / name).read_text())
+
+
+def shown_slices(at: AppTest) -> pd.DataFrame:
+    """The Model page's table of the chosen slice column (level, rows, metrics and gaps)."""
+    return next(df.value for df in at.dataframe if {"level", "rows"} <= set(df.value.columns)
+                and any(c.startswith("gap ") for c in df.value.columns))
+
+
+@pytest.mark.slow
+def test_model_page_shows_calibration_threshold_and_confidence_intervals(trained, at_root) -> None:
+    at_root(trained.root)
+    metrics = report(trained, "adult", "metrics.json")
+    at = open_page("model", "adult")
+    at.selectbox(key="model_version").set_value("workspace").run()
+    assert not at.exception and not at.error, texts(at.error)
+    markdown = texts(at.markdown)
+    assert f"**{metrics['ece_before']:.4f} → {metrics['ece']:.4f}**" in markdown, "ECE before → after"
+    assert metrics["calibration"]["method"] in markdown
+    threshold = metrics["threshold"]
+    assert f"Decision threshold **{threshold['value']:.3f}**" in markdown
+    at_threshold = next(df.value for df in at.dataframe if "at the threshold" in df.value.columns).set_index("metric")
+    assert at_threshold.loc["accuracy", "at the threshold"] == pytest.approx(threshold["accuracy_at_threshold"])
+    assert at_threshold.loc["accuracy", "at 0.5"] == pytest.approx(threshold["accuracy_at_0.5"])
+    captions = texts(at.caption)
+    for metric in ("accuracy", "roc_auc", "log_loss"):
+        ci = metrics["confidence_intervals"][metric]
+        assert f"95% CI {ci['low']:.3f}–{ci['high']:.3f}" in captions, metric
+
+    diamonds = report(trained, "diamonds", "metrics.json")
+    regression = open_page("model", "diamonds")
+    regression.selectbox(key="model_version").set_value("workspace").run()
+    assert not regression.exception
+    ci = diamonds["confidence_intervals"]["rmse"]
+    assert f"95% CI {number(ci['low'])}–{number(ci['high'])}" in texts(regression.caption)
+    assert "Expected calibration error" not in texts(regression.markdown)
+
+
+@pytest.mark.slow
+def test_model_page_shows_slices_and_fairness(trained, at_root) -> None:
+    at_root(trained.root)
+    slices = report(trained, "adult", "slices.json")
+    at = open_page("model", "adult")
+    at.selectbox(key="model_version").set_value("workspace").run()
+    assert at.selectbox(key="slice_column").options == slices["columns"] == ["sex", "race"]
+    at.selectbox(key="slice_column").set_value("sex").run()
+    assert not at.exception
+    table = shown_slices(at).set_index("level")
+    levels = [s["level"] for s in slices["slices"] if s["column"] == "sex"]
+    assert list(table.index) == levels and {"Female", "Male"} <= set(levels)
+    female = next(s for s in slices["slices"] if s["column"] == "sex" and s["level"] == "Female")
+    assert table.loc["Female", "rows"] == female["rows"]
+    assert table.loc["Female", "gap roc_auc"] == pytest.approx(female["gap"]["roc_auc"])
+    fairness = slices["fairness"]["sex"]
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["demographic parity difference"] == f"{fairness['demographic_parity_difference']:.3f}"
+    assert shown["equalized odds difference"] == f"{fairness['equalized_odds_difference']:.3f}"
+    rates = next(df.value for df in at.dataframe if "selection_rate" in df.value.columns).set_index("level")
+    assert rates.loc["Male", "selection_rate"] == pytest.approx(fairness["by_group"]["Male"]["selection_rate"])
+    largest = slices["largest_gap"]
+    assert f"Largest gap: **{largest['column']} = {largest['level']}**" in texts(at.warning)
+
+    for task, expected in (("mnist", ["class", "brightness"]), ("diamonds", ["cut", "color", "clarity"])):
+        page = open_page("model", task)  # the champion
+        assert not page.error, (task, texts(page.error))
+        written = report(trained, task, "slices.json")
+        assert page.selectbox(key="slice_column").options == written["columns"] == expected, task
+        for column in expected:
+            page.selectbox(key="slice_column").set_value(column).run()
+            assert not page.exception, (task, column)
+            levels = [s["level"] for s in written["slices"] if s["column"] == column]
+            assert shown_slices(page)["level"].tolist() == levels, (task, column)
+        assert "demographic parity difference" not in {m.label for m in page.metric}, "no fairness: not binary"
+
+
+@pytest.mark.slow
+def test_model_page_shows_the_champions_model_card_and_gates(trained, at_root, monkeypatch) -> None:
+    from dashboards import data
+
+    from torchcycle.model_card import SECTIONS
+
+    at_root(trained.root)
+    registry = report(trained, "adult", "registry.json")
+    champion = registry["aliases"]["champion"]
+    at = open_page("model", "adult")
+    assert at.selectbox(key="model_version").value == champion, "the champion is shown first"
+    label = next(e.label for e in at.expander if e.label.startswith("Model card"))
+    assert label == f"Model card of v{champion}"
+    card = next(str(m.value) for m in at.markdown if str(m.value).startswith("# Model card"))
+    assert card.startswith(f"# Model card: {registry['registered_model']} version {champion}")
+    for title in SECTIONS:
+        assert f"\n## {title}\n" in card, title
+    gates = next(df.value for df in at.dataframe if "gate" in df.value.columns).set_index("gate")
+    assert set(gates.index) == {"max_ece", "max_slice_drop", "max_fairness_difference"}
+    assert (gates["limit"] == 1.0).all() and gates.loc["max_ece", "verdict"] == "pass"
+    if champion == registry["version"]:  # the last registration's gates, as registry.json has them
+        ece = next(g for g in registry["gates"] if g["name"] == "max_ece")
+        assert gates.loc["max_ece", "value"] == pytest.approx(ece["value"], abs=1e-6)
+    assert f"**v{champion}** was promoted to champion" in texts(at.markdown)
+
+    other = next(v for v in ("1", "2") if v != champion)
+    at.selectbox(key="model_version").set_value(other).run()
+    assert f"Model card of v{other}" in [e.label for e in at.expander]
+    monkeypatch.setattr(data, "run_text", lambda *args: None)  # a version registered before model cards
+    at.run()
+    assert not at.exception and f"v{other} has no model card" in texts(at.info)
 
 
 # --------------------------------------------------------------------------- a regression task
