@@ -5,6 +5,11 @@ appears here); each runs through `dvc repro --single-item`, so dvc.lock and the 
 record of what ran and unchanged stages are skipped. Before that, the drop zone is checked: bad batches
 are quarantined, good ones are versioned and checked for drift, and the thresholds in params.yaml
 (`retrain:`) decide whether retraining is worth it.
+
+Every DVC command goes through one workspace lock (`retraining.dvc_lock`), so a data check's `dvc add`
+waits for another task's running stage instead of failing on DVC's own lock. In `retrain_all` a task whose
+check or stages fail fails alone: the other tasks go on, and the flow then fails with `TasksFailed`,
+naming each failed task, the step and the error.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ def check_new_data(root: Path, task_name: str, force: bool = False) -> dict[str,
     logger = get_run_logger()
     params = load_params(root / "params.yaml")
     intake = R.take_in_arrivals(root, params, task_name)
+    for left in intake.recovered:
+        logger.warning("versioned batch %s, left unversioned by an earlier check", left)
     for bad in intake.quarantined:
         logger.warning("quarantined %s → %s: %s", bad["batch"], bad["where"], "; ".join(bad["errors"]))
     pending, count = R.pending_samples(root, params, task_name)
@@ -57,7 +64,7 @@ def check_new_data(root: Path, task_name: str, force: bool = False) -> dict[str,
         go, reason = True, f"forced ({reason})"
     logger.info("%s: %s", "retrain" if go else "no retrain", reason)
     return {
-        "task": task_name, "retrain": go, "reason": reason, "accepted": intake.accepted,
+        "task": task_name, "retrain": go, "reason": reason, "accepted": intake.accepted, "recovered": intake.recovered,
         "quarantined": intake.quarantined, "pending_batches": pending, "pending_samples": count,
         "drift": None if drift is None else {
             "drift_share": drift["drift_share"], "drifted_columns": drift["drifted_columns"],
@@ -93,7 +100,9 @@ def _stage_task(params: Params, stage: str):
 
 
 def execute_stages(root: Path, task_name: str) -> list[dict[str, Any]]:
-    """Run the task's stages in DAG order; on failure put the last good outputs back and re-raise."""
+    """Run the task's stages in DAG order; on failure put the last good outputs back and re-raise.
+
+    When the rollback itself fails, `RollbackFailed` is raised instead, with the stage's error and DVC's."""
     params = load_params(root / "params.yaml")
     stages = R.task_stages(root, task_name)
     with _pipeline_lock(root):
@@ -102,8 +111,13 @@ def execute_stages(root: Path, task_name: str) -> list[dict[str, Any]]:
         try:
             for stage in stages:
                 results.append(_stage_task(params, stage)(root, stage))
-        except BaseException:
-            snapshot.restore(stages)
+        except BaseException as failure:
+            try:
+                snapshot.restore(stages)
+            except R.RollbackFailed as rollback:
+                get_run_logger().error("%s", rollback)
+                raise R.RollbackFailed(f"{failure}\n\n{rollback}") from failure
+            get_run_logger().info("rolled back %s to the last good outputs", task_name)
             raise
     return results
 
@@ -117,8 +131,18 @@ def _summarise(root: Path, check: dict[str, Any], stages: list[dict[str, Any]] |
     return summary
 
 
+def _failed(task_name: str, step: str, exc: BaseException, check: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The summary of a task that failed in `step` ("check new data" or "stages")."""
+    base = check or {"task": task_name, "retrain": False, "reason": f"{step} failed", "accepted": [],
+                     "recovered": [], "quarantined": [], "pending_batches": [], "pending_samples": 0, "drift": None}
+    return {**base, "status": "failed", "failed_step": step, "error": f"{type(exc).__name__}: {exc}",
+            "rolled_back": not isinstance(exc, R.RollbackFailed) if step == "stages" else None, "stages": []}
+
+
 def _publish(summary: dict[str, Any]) -> None:
     lines = [f"# Retraining `{summary['task']}`: {summary['status']}", "", f"Decision: {summary['reason']}", ""]
+    if summary["status"] == "failed":
+        lines += [f"Failed in {summary['failed_step']}:", "", "```", summary["error"], "```", ""]
     if summary["quarantined"]:
         lines += ["Quarantined batches:"] + [f"- {q['batch']}: {'; '.join(q['errors'])}" for q in summary["quarantined"]]
     if summary.get("drift"):
@@ -150,18 +174,27 @@ def retrain_all(force: bool = False, root: str | None = None) -> dict[str, dict[
     project = Path(root) if root else PROJECT_ROOT
     params = load_params(project / "params.yaml")
     futures = {t: check_new_data.submit(project, t, force) for t in params.tasks}
-    summaries, failures = {}, {}
+    summaries: dict[str, dict[str, Any]] = {}
     for task_name, future in futures.items():
-        check = future.result()
+        # a task that fails (its check or its stages) fails alone: keep going, fail the flow at the end
         try:
-            stages = execute_stages(project, task_name) if check["retrain"] else None
-        except Exception as exc:  # keep going with the other tasks; fail the flow at the end
-            failures[task_name] = str(exc)
-            continue
-        summaries[task_name] = _summarise(project, check, stages)
+            check = future.result()
+        except Exception as exc:
+            summaries[task_name] = _failed(task_name, "check new data", exc)
+        else:
+            try:
+                stages = execute_stages(project, task_name) if check["retrain"] else None
+            except Exception as exc:
+                summaries[task_name] = _failed(task_name, "stages", exc, check)
+            else:
+                summaries[task_name] = _summarise(project, check, stages)
         _publish(summaries[task_name])
+    failures = {t: {"step": s["failed_step"], "error": s["error"]} for t, s in summaries.items()
+                if s["status"] == "failed"}
     if failures:
-        raise R.StageFailed("; ".join(f"{t}: {msg}" for t, msg in failures.items()))
+        listed = "\n".join(f"- {t} ({f['step']}): {f['error']}" for t, f in failures.items())
+        raise R.TasksFailed(f"retraining failed for {len(failures)} of {len(summaries)} task(s):\n{listed}",
+                            failures, summaries)
     return summaries
 
 

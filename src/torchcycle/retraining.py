@@ -4,10 +4,14 @@ The Prefect flows in pipelines/ wrap these functions as tasks; nothing here impo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,16 +28,75 @@ class StageFailed(TorchcycleError):
     """A DVC stage exited non-zero; the message carries the stage's own error output."""
 
 
+class RollbackFailed(TorchcycleError):
+    """`dvc checkout` could not put the last good outputs back after a failed run; the message carries
+    DVC's own error output. The workspace may hold outputs of the failed run."""
+
+
+class TasksFailed(StageFailed):
+    """Some tasks of a multi-task run failed (their data check or their stages); the others went on.
+
+    `failures` maps each failed task to {"step", "error"}; `summaries` holds every task's summary,
+    the failed ones with status "failed"."""
+
+    def __init__(self, message: str, failures: dict[str, dict[str, str]] | None = None,
+                 summaries: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.failures = failures or {}
+        self.summaries = summaries or {}
+
+    def __reduce__(self):  # survives pickling (Prefect may persist a flow's exception)
+        return (type(self), (str(self), self.failures, self.summaries))
+
+
 # --------------------------------------------------------------------------- the DAG, from dvc.yaml
 def task_stages(root: Path, task: str) -> list[str]:
     """The task's stages (`name@task`) in the order DVC would run them, read from dvc.yaml by DVC."""
     import networkx as nx
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    with dvc_lock(root), Repo(str(root)) as repo:  # reads .dvc files that a concurrent `dvc add` writes
         graph = repo.index.graph
         order = [s.name for s in reversed(list(nx.topological_sort(graph))) if getattr(s, "name", None)]
     return [name for name in order if name.endswith(f"@{task}")]
+
+
+# --------------------------------------------------------------------------- one DVC command at a time
+# DVC holds one lock per workspace and gives up after a few seconds when another DVC command holds it
+# ("Unable to acquire lock"). A training stage holds it for minutes, so the flows' own DVC commands
+# (parallel data checks, stages, rollbacks, other flows) queue on one file lock instead: flock(2) on a
+# file under .dvc/tmp, which excludes other threads (each opens its own descriptor) and other processes,
+# and is released by the kernel if a process dies. Retrying on DVC's error alone would need a back-off
+# longer than the longest stage. Only DVC commands started outside torchcycle (a `dvc` typed in a shell)
+# can still hold DVC's lock: add and checkout retry those briefly (`retry_on_lock`).
+DVC_LOCK_FILE = "torchcycle-dvc.lock"
+DVC_LOCK_ERROR = "Unable to acquire lock"
+LOCK_RETRY_DELAYS: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def dvc_lock(root: Path) -> Iterator[None]:
+    """Hold the workspace's DVC lock (reentrant within a thread; blocks until other holders finish)."""
+    path = Path(root).resolve() / ".dvc" / "tmp" / DVC_LOCK_FILE
+    depth: dict[str, int] = _held.__dict__.setdefault("depth", {})
+    key = str(path)
+    if depth.get(key):
+        depth[key] += 1
+        try:
+            yield
+        finally:
+            depth[key] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        depth[key] = 1
+        try:
+            yield
+        finally:
+            depth[key] = 0
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _dvc() -> list[str]:
@@ -41,10 +104,22 @@ def _dvc() -> list[str]:
     return [str(exe)] if exe.exists() else ["dvc"]
 
 
-def run_dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+def run_dvc(root: Path, *args: str, retry_on_lock: bool = False) -> subprocess.CompletedProcess:
+    """One `dvc` command under the workspace's DVC lock; `retry_on_lock`: when a DVC process outside
+    torchcycle holds DVC's own lock, try again after LOCK_RETRY_DELAYS (not holding ours meanwhile)."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run([*_dvc(), *args], cwd=root, env=env, capture_output=True, text=True)
+    for delay in (*(LOCK_RETRY_DELAYS if retry_on_lock else ()), None):
+        with dvc_lock(root):
+            proc = subprocess.run([*_dvc(), *args], cwd=root, env=env, capture_output=True, text=True)
+        if proc.returncode == 0 or delay is None or not is_lock_error(proc):
+            return proc
+        time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def is_lock_error(proc: subprocess.CompletedProcess) -> bool:
+    return DVC_LOCK_ERROR in (proc.stderr or "") + (proc.stdout or "")
 
 
 def run_stage(root: Path, stage: str) -> dict[str, Any]:
@@ -56,6 +131,12 @@ def run_stage(root: Path, stage: str) -> dict[str, Any]:
         raise StageFailed(f"stage {stage} failed:\n{_error_lines(proc)}")
     ran = f"Running stage '{stage}'" in proc.stdout
     return {"stage": stage, "ran": ran, "seconds": seconds}
+
+
+def _dvc_output(proc: subprocess.CompletedProcess, last: int = 20) -> str:
+    """DVC's own report, verbatim (its error names the targets on the lines after ERROR)."""
+    lines = [ln for ln in ((proc.stderr or "") + "\n" + (proc.stdout or "")).splitlines() if ln.strip()]
+    return "\n".join(lines[-last:])
 
 
 def _error_lines(proc: subprocess.CompletedProcess) -> str:
@@ -75,13 +156,24 @@ class Snapshot:
     @classmethod
     def take(cls, root: Path) -> Snapshot:
         lock = root / "dvc.lock"
-        return cls(root, lock.read_text() if lock.exists() else None)
+        with dvc_lock(root):
+            return cls(root, lock.read_text() if lock.exists() else None)
 
     def restore(self, stages: list[str]) -> None:
+        """Put dvc.lock back and check the stages' outputs out from the cache; RollbackFailed (with DVC's
+        error output) when DVC cannot, e.g. a cache object is missing or an output is not writable."""
         if self.lock is None:
             return
-        (self.root / "dvc.lock").write_text(self.lock)
-        run_dvc(self.root, "checkout", "--force", *stages)
+        with dvc_lock(self.root):
+            (self.root / "dvc.lock").write_text(self.lock)
+            proc = run_dvc(self.root, "checkout", "--force", *stages, retry_on_lock=True)
+        if proc.returncode != 0:
+            raise RollbackFailed(
+                f"rollback failed: `dvc checkout --force {' '.join(stages)}` exited {proc.returncode}, so the "
+                f"last good outputs are not all back (dvc.lock is):\n{_dvc_output(proc)}\n"
+                "Fix the cause (e.g. `dvc pull` missing cache objects, or make the outputs writable) and run "
+                "`dvc checkout --force` before trusting the workspace."
+            )
 
 
 # --------------------------------------------------------------------------- new data
@@ -89,6 +181,16 @@ class Snapshot:
 class Intake:
     accepted: list[str] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)  # stored earlier but left unversioned, versioned now
+
+
+def _version(root: Path, stored: Path) -> None:
+    """`dvc add` an accepted batch. On failure the batch stays in data/batches without its .dvc file and
+    the next check versions it (B.unversioned_batches) before anything else."""
+    proc = run_dvc(root, "add", str(stored.relative_to(root)), retry_on_lock=True)
+    if proc.returncode != 0:
+        raise StageFailed(f"could not version batch {stored.relative_to(root)} with `dvc add`; the next check "
+                          f"retries it:\n{_error_lines(proc)}")
 
 
 def take_in_arrivals(root: Path, params: Params, task: str) -> Intake:
@@ -96,6 +198,9 @@ def take_in_arrivals(root: Path, params: Params, task: str) -> Intake:
     go to quarantine with their report. The training data is never touched by a bad batch."""
     cfg = params.task(task)
     intake = Intake()
+    for left in B.unversioned_batches(root, task):  # accepted by a check that failed before `dvc add`
+        _version(root, left)
+        intake.recovered.append(B.batch_id(left))
     arrivals = B.find_arrivals(root, task, cfg)
     if not arrivals:
         return intake
@@ -105,9 +210,7 @@ def take_in_arrivals(root: Path, params: Params, task: str) -> Intake:
         ok = batch is not None and not report.errors
         stored = handler.accept(root, arrival, batch) if ok else None
         if ok:
-            proc = run_dvc(root, "add", str(stored.relative_to(root)))
-            if proc.returncode != 0:
-                raise StageFailed(f"could not version batch {stored}: {_error_lines(proc)}")
+            _version(root, stored)
             intake.accepted.append(arrival.batch_id)
         else:
             where = B.quarantine(root, arrival, report)

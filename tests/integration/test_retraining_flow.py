@@ -1,11 +1,14 @@
 """Real Prefect flow runs against a Prefect server on loopback, on a shrunken copy of the project:
-full retrain, no-op, quarantine, retry of a transient failure, and the scheduled deployment."""
+full retrain, no-op, quarantine, retry of a transient failure, rollback (and a rollback DVC cannot do),
+`retrain_all` over two tasks while DVC is busy, and the scheduled deployment."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from tests.integration.conftest import Project, copy_project, free_port, project_env
+from tests.conftest import Project, copy_project, free_port, project_env
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +59,13 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def flow_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """adult only, 600 rows of which 200 are held back for simulated arrivals; a first `dvc repro`."""
+    """adult (600 rows, 200 held back for simulated arrivals) and diamonds (1500 rows, 300 held back);
+    a first `dvc repro`."""
     project = copy_project(tmp_path_factory.mktemp("flow"))
     params = project.params()
-    params["tasks"] = ["adult"]
+    params["tasks"] = ["adult", "diamonds"]
     params["adult"]["source"]["holdback_rows"] = 200
+    params["diamonds"]["source"]["holdback_rows"] = 300
     params["retrain"] = {"min_new_samples": 50, "retries": 0, "retry_delay_seconds": 2.0,
                          "stage_retries": {"ingest": 2}}
     project.write_params(params)
@@ -69,15 +75,40 @@ def flow_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     return project
 
 
-def _champion_version(project: Project) -> str | None:
+def _registry(project: Project):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project.root / 'mlflow.db'}",
-                          registry_uri=f"sqlite:///{project.root / 'mlflow.db'}")
+    return MlflowClient(tracking_uri=f"sqlite:///{project.root / 'mlflow.db'}",
+                        registry_uri=f"sqlite:///{project.root / 'mlflow.db'}")
+
+
+def _champion_version(project: Project) -> str | None:
     try:
-        return client.get_model_version_by_alias("torchcycle-adult", "champion").version
+        return _registry(project).get_model_version_by_alias("torchcycle-adult", "champion").version
     except Exception:
         return None
+
+
+def _versions(project: Project, task: str) -> set[str]:
+    """Every registered version of the task's model."""
+    return {str(v.version) for v in _registry(project).search_model_versions(f"name='torchcycle-{task}'")}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """Each file under `folder` and the SHA-256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _diverging_train_after_a_new_scaling(project: Project) -> None:
+    """preprocess@adult reruns and rewrites data/processed/adult (another scaling); train@adult then
+    diverges: a permanent failure that comes after a stage that changed its outputs."""
+    params = project.params()
+    assert params["adult"]["preprocess"]["scaling"] != "minmax"
+    params["adult"]["preprocess"]["scaling"] = "minmax"
+    params["adult"]["train"]["lr"] = 1.0e12
+    params["adult"]["train"]["optimizer"] = "sgd"
+    project.write_params(params)
 
 
 def test_stages_come_from_dvc_yaml(flow_project: Project) -> None:
@@ -219,26 +250,192 @@ def test_worse_model_is_registered_as_challenger_but_not_promoted(prefect_api: s
     assert _champion_version(flow_project) == champion
 
 
-def test_failing_stage_fails_the_flow_and_keeps_the_last_good_model(prefect_api: str, flow_project: Project) -> None:
+def test_failing_stage_fails_the_flow_and_restores_the_outputs_of_the_stages_before_it(
+    prefect_api: str, flow_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """preprocess@adult reruns and changes data/processed/adult, then train@adult fails: the rollback puts
+    the processed data of the last good run back (and dvc.lock), so the last good model still matches
+    the data it was trained on. (The model alone proves nothing: train writes it atomically on success.)"""
     from pipelines.retrain import retrain
 
+    from torchcycle import retraining as R
+
     root = flow_project.root
+    processed = root / "data" / "processed" / "adult"
+    processed_before, lock_before = _digest(processed), (root / "dvc.lock").read_text()
     weights_before = (root / "models" / "adult" / "model.pt").read_bytes()
     champion = _champion_version(flow_project)
+    after_preprocess: dict[str, str] = {}
+    real_stage = R.run_stage
+
+    def run_stage(root_: Path, stage: str) -> dict:
+        result = real_stage(root_, stage)
+        if stage == "preprocess@adult":
+            after_preprocess.update(_digest(processed))
+        return result
+
+    monkeypatch.setattr(R, "run_stage", run_stage)
     params_text = flow_project.params_file.read_text()
-    params = flow_project.params()
-    params["adult"]["train"]["lr"] = 1.0e12  # diverges: a permanent failure of train@adult
-    params["adult"]["train"]["optimizer"] = "sgd"
-    flow_project.write_params(params)
+    _diverging_train_after_a_new_scaling(flow_project)
     try:
         with pytest.raises(Exception) as info:
             retrain("adult", force=True, root=str(root))
         assert "train@adult" in str(info.value)
         assert "diverged" in str(info.value) or "lower the learning rate" in str(info.value).lower()
+        assert "rollback failed" not in str(info.value)
     finally:
         flow_project.params_file.write_text(params_text)
+    assert after_preprocess and after_preprocess != processed_before, "preprocess@adult should have changed its outputs"
+    assert _digest(processed) == processed_before
+    assert (root / "dvc.lock").read_text() == lock_before
     assert (root / "models" / "adult" / "model.pt").read_bytes() == weights_before
     assert _champion_version(flow_project) == champion
+    # (only preprocess@adult: earlier tests leave train@adult's params different from its dvc.lock entry)
+    status = flow_project.run("dvc", "status", "preprocess@adult").stdout
+    assert "up to date" in status, status
+
+
+def _hide_cache_objects(project: Project, stage: str, out: str, aside: Path) -> list[tuple[Path, Path]]:
+    """Move the cache objects of one directory output of the last good run out of the DVC cache."""
+    lock = yaml.safe_load((project.root / "dvc.lock").read_text())
+    (entry,) = [o for o in lock["stages"][stage]["outs"] if o["path"] == out]
+    cache = project.root / ".dvc" / "cache" / "files" / "md5"
+    listing = cache / entry["md5"][:2] / entry["md5"][2:]
+    objects = [listing] + [cache / f["md5"][:2] / f["md5"][2:] for f in json.loads(listing.read_text())]
+    aside.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for i, obj in enumerate(objects):
+        if obj.exists():
+            moved.append((obj, aside / str(i)))
+            shutil.move(obj, aside / str(i))
+    return moved
+
+
+def test_a_rollback_dvc_cannot_do_is_reported_with_dvcs_error(
+    prefect_api: str, flow_project: Project, tmp_path: Path
+) -> None:
+    """As above, but the cache objects of the last good processed data are gone, so `dvc checkout` cannot
+    put them back: the flow fails with RollbackFailed carrying the stage's error and DVC's, instead of
+    reporting the rollback as done."""
+    from pipelines.retrain import retrain
+
+    from torchcycle.retraining import RollbackFailed
+
+    root = flow_project.root
+    processed = root / "data" / "processed" / "adult"
+    processed_before = _digest(processed)
+    moved = _hide_cache_objects(flow_project, "preprocess@adult", "data/processed/adult", tmp_path / "aside")
+    params_text = flow_project.params_file.read_text()
+    _diverging_train_after_a_new_scaling(flow_project)
+    try:
+        with pytest.raises(RollbackFailed) as info:
+            retrain("adult", force=True, root=str(root))
+    finally:
+        flow_project.params_file.write_text(params_text)
+        for obj, hidden in moved:
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(hidden, obj)
+    message = str(info.value)
+    assert "stage train@adult failed" in message  # the failure that started the rollback
+    assert "rollback failed" in message and "dvc checkout --force" in message
+    assert "Checkout failed for following targets" in message and "data/processed/adult" in message  # DVC's own
+    assert _digest(processed) != processed_before  # the workspace really is not rolled back
+    flow_project.run("dvc", "checkout", "--force", "preprocess@adult")  # with the cache back, it can be
+    assert _digest(processed) == processed_before
+
+
+def test_a_task_whose_check_fails_fails_alone_and_its_batch_is_versioned_by_the_next_check(
+    prefect_api: str, flow_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `dvc` started outside torchcycle holds DVC's lock, so adult's `dvc add` fails (after its retries):
+    adult fails alone, diamonds is still checked, and the flow names the task, the step and DVC's error.
+    The batch adult accepted stays in data/batches without its .dvc file; the next check versions it."""
+    from dvc.lock import make_lock
+    from pipelines.retrain import retrain_all
+
+    from torchcycle import retraining as R
+    from torchcycle.config import load_params
+    from torchcycle.data import batches as B
+
+    root = flow_project.root
+    monkeypatch.setattr(R, "LOCK_RETRY_DELAYS", (0.5,))
+    zone = root / "data" / "incoming" / "adult"
+    zone.mkdir(parents=True, exist_ok=True)
+    pd.read_parquet(root / "data" / "raw" / "adult" / "holdback.parquet").tail(60).to_csv(zone / "late.csv", index=False)
+    tmp = str(root / ".dvc" / "tmp")
+    lock = make_lock(os.path.join(tmp, "lock"), tmp_dir=tmp, hardlink_lock=False)
+    lock.lock()
+    try:
+        with pytest.raises(R.TasksFailed) as info:
+            retrain_all(root=str(root))
+    finally:
+        lock.unlock()
+    failed = info.value
+    assert list(failed.failures) == ["adult"], failed.failures
+    assert failed.failures["adult"]["step"] == "check new data"
+    assert "could not version batch" in failed.failures["adult"]["error"]
+    assert "Unable to acquire lock" in failed.failures["adult"]["error"]
+    assert "adult (check new data)" in str(failed) and "Unable to acquire lock" in str(failed)
+    assert failed.summaries["adult"]["status"] == "failed"
+    assert failed.summaries["diamonds"]["status"] == "skipped"  # checked, nothing new
+    (left,) = B.unversioned_batches(root, "adult")
+    assert not (zone / "late.csv").exists()
+
+    intake = R.take_in_arrivals(root, load_params(root / "params.yaml"), "adult")
+    assert intake.recovered == [B.batch_id(left)] and intake.accepted == []
+    assert left.with_name(f"{left.name}.dvc").exists() and not B.unversioned_batches(root, "adult")
+    status = flow_project.run("dvc", "status", str(left.relative_to(root)) + ".dvc").stdout
+    assert "up to date" in status, status
+
+
+def test_retrain_all_versions_and_retrains_two_tasks_while_a_stage_holds_dvc(
+    prefect_api: str, flow_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New batches for adult and diamonds. diamonds' data check is held until train@adult is running, so
+    its `dvc add` comes while adult's `dvc repro` holds DVC's lock (the race that failed `dvc add` with
+    "Unable to acquire lock"): both batches end up versioned, both tasks retrained and registered."""
+    import threading
+
+    from pipelines.retrain import retrain_all
+
+    from torchcycle import retraining as R
+    from torchcycle.data import batches as B
+
+    root = flow_project.root
+    tasks = ("adult", "diamonds")
+    for task in tasks:
+        flow_project.run("torchcycle", "simulate-arrival", task, "--slices", "2")
+        assert list((root / "data" / "incoming" / task).glob("arrival-*.csv")), task
+    versions_before = {t: _versions(flow_project, t) for t in tasks}
+    adult_training = threading.Event()
+    waited: dict[str, bool] = {}
+    real_stage, real_take = R.run_stage, R.take_in_arrivals
+
+    def run_stage(root_: Path, stage: str) -> dict:
+        if stage == "train@adult":
+            threading.Timer(2.0, adult_training.set).start()  # `dvc repro` has started by then
+        return real_stage(root_, stage)
+
+    def take_in_arrivals(root_: Path, params, task: str):
+        if task == "diamonds":
+            waited[task] = adult_training.wait(timeout=600)
+        return real_take(root_, params, task)
+
+    monkeypatch.setattr(R, "run_stage", run_stage)
+    monkeypatch.setattr(R, "take_in_arrivals", take_in_arrivals)
+    summaries = retrain_all(root=str(root))
+    assert waited == {"diamonds": True}
+    assert {t: s["status"] for t, s in summaries.items()} == dict.fromkeys(tasks, "retrained"), summaries
+    for task in tasks:
+        assert summaries[task]["accepted"], task
+        stored = B.stored_batches(root, task)
+        dvc_files = sorted((root / "data" / "batches" / task).glob("*.dvc"))
+        assert stored and not B.unversioned_batches(root, task) and len(dvc_files) == len(stored)
+        status = flow_project.run("dvc", "status", *(str(f.relative_to(root)) for f in dvc_files)).stdout
+        assert "up to date" in status, status
+        assert B.pending_batches(root, task) == []  # ingest took every batch in
+        new_versions = _versions(flow_project, task) - versions_before[task]
+        assert str(summaries[task]["registry"]["version"]) in new_versions, (task, new_versions)
 
 
 def test_deployment_is_created_with_the_cron_from_params(prefect_api: str, flow_project: Project) -> None:

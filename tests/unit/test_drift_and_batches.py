@@ -203,3 +203,140 @@ def test_table_batch_with_an_unreadable_date_is_rejected(tmp_path: Path) -> None
     report_file.write_text(json.dumps({**json.loads(report_file.read_text()), "dates": ["signup"]}))
     _, report, batch = _validate(tmp_path, params, "t")
     assert batch is None and any("'not a date' is not a date" in e for e in report.errors)
+
+
+# --------------------------------------------------------------------------- image batches: errors by check name
+def _image_params() -> object:
+    return parse_params({
+        "tasks": ["img"],
+        "img": {"kind": "image", "source": {"path": "imgs"}, "split": {}, "preprocess": {}, "model": {}, "train": {}},
+    })  # fmt: skip
+
+
+def _image_task(root: Path, classes: tuple[str, ...] = ("0", "1")) -> None:
+    processed = root / "data" / "processed" / "img"  # preprocess@img records the task's classes
+    processed.mkdir(parents=True)
+    (processed / "schema.json").write_text(json.dumps({"kind": "image", "target": {"classes": list(classes)}}))
+
+
+def test_image_batch_errors_are_chosen_by_check_name_not_message_text(tmp_path: Path) -> None:
+    """A batch of one class is fine (the dataset-wide checks 'classes' and 'class_folders' do not apply);
+    a corrupt image and a stray file are not. The project folder's name holds the words the old filter
+    matched ('decoded'), which must not turn the one-class notice into a rejection."""
+    root = tmp_path / "images-decoded-here"
+    params = _image_params()
+    _image_task(root)
+    zone = B.incoming_dir(root, "img")
+    (zone / "1").mkdir(parents=True)
+    for i in range(3):
+        Image.new("L", (8, 8), 40 * i).save(zone / "1" / f"ok{i}.png")
+    _, report, records = _validate(root, params, "img")
+    assert len(records) == 3 and report.errors == []
+    ignored = [c for c in report.checks if not c["passed"]]
+    assert {c["check"] for c in ignored if "ignored" in c} == {"classes"}
+    assert all("ignored" in c for c in ignored if c["check"] in ("classes", "class_folders"))
+
+    (zone / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (zone / "1" / "notes.txt").write_text("hello")
+    (zone / "0").mkdir()  # an empty class folder: 'class_folders', which a batch need not pass
+    _, report, records = _validate(root, params, "img")
+    assert len(records) == 3
+    failed = {c["check"]: c for c in report.checks if not c["passed"] and c["detail"] in report.errors}
+    assert sorted(failed) == ["image_files", "images_decode"]
+    assert len(report.errors) == 2  # exactly those two: no summary line, no dataset-wide check
+    assert "broken.png" in failed["images_decode"]["detail"] and "notes.txt" in failed["image_files"]["detail"]
+    # every error a batch can produce is a failed check with a name
+    for error in report.errors:
+        assert any(c["check"] and not c["passed"] and c["detail"] == error for c in report.checks)
+
+
+def test_image_batch_filter_keeps_every_error_but_the_dataset_wide_ones() -> None:
+    from torchcycle.data.validate import Report
+    from torchcycle.kinds.image.batches import DATASET_CHECKS, batch_errors
+
+    report = Report(kind="image")
+    report.fail("images_decode", "a.png: cannot be decoded")
+    report.fail("classes", "found 1 class folder(s); a classifier needs at least two")
+    report.fail("class_folders", "x: class folder(s) ['2'] hold no valid image; decoded nothing")
+    report.fail("layout", "classes in the wrong place")  # a message naming a dataset-wide check's topic
+    report.check("images_decode", False, "1 images decode")  # a summary check: no error of its own
+    report.errors.append("an error recorded without a check")
+    assert batch_errors(report) == ["a.png: cannot be decoded", "classes in the wrong place",
+                                    "an error recorded without a check"]
+    assert {"classes", "class_folders"} == DATASET_CHECKS
+
+
+def test_image_ingest_keeps_each_batch_report_and_rejects_a_broken_batch(tmp_path: Path) -> None:
+    from torchcycle.errors import DataValidationError
+    from torchcycle.kinds.image.ingest import ingest
+    from torchcycle.paths import TaskPaths
+
+    params = _image_params()
+    cfg = params.task("img")
+    for label in ("0", "1"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (8, 8), 20 * i + 100 * int(label)).save(tmp_path / "imgs" / label / f"{i}.png")
+    batch = B.batches_dir(tmp_path, "img") / "batch-20250101T000000-000001"
+    (batch / "1").mkdir(parents=True)
+    for i in range(2):
+        Image.new("L", (8, 8), 200).save(batch / "1" / f"new{i}.png")
+    paths = TaskPaths("img", tmp_path)
+    ingest(cfg, paths, tmp_path, seed=0)
+    data_report = json.loads((paths.raw / "data_report.json").read_text())
+    assert data_report["batches"] == [batch.name]
+    kept = data_report["batch_reports"][batch.name]
+    assert kept["status"] == "passed" and kept["summary"]["images"] == 2
+    assert kept["summary"]["root"] == f"data/batches/img/{batch.name}"
+    assert {c["check"] for c in kept["checks"] if "ignored" in c} == {"classes"}
+    assert str(tmp_path) not in json.dumps(kept)  # the data report reads the same on every machine
+    assert data_report["images"] == 14
+
+    (batch / "1" / "new0.png").write_bytes(b"truncated")
+    with pytest.raises(DataValidationError, match=f"(?s)accepted batch data/batches/img/{batch.name}.*new0.png"):
+        ingest(cfg, paths, tmp_path, seed=0)
+    assert json.loads((paths.raw / "data_report.json").read_text()) == data_report  # the last good data stays
+
+
+def test_a_stored_batch_without_its_dvc_file_is_unversioned(tmp_path: Path) -> None:
+    folder = B.batches_dir(tmp_path, "t")
+    folder.mkdir(parents=True)
+    for name in ("batch-1-a.parquet", "batch-2-b.parquet"):
+        (folder / name).write_bytes(b"x")
+    (folder / "batch-1-a.parquet.dvc").write_text("outs: []\n")
+    (folder / ".gitignore").write_text("/batch-1-a.parquet\n")
+    assert [p.name for p in B.unversioned_batches(tmp_path, "t")] == ["batch-2-b.parquet"]
+
+
+# --------------------------------------------------------------------------- one DVC command at a time
+def test_dvc_lock_serialises_threads_and_processes_and_is_reentrant(tmp_path: Path) -> None:
+    import itertools
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from torchcycle.retraining import DVC_LOCK_FILE, dvc_lock
+
+    spans: list[tuple[float, float]] = []
+
+    def hold() -> None:
+        with dvc_lock(tmp_path), dvc_lock(tmp_path):  # reentrant within a thread
+            start = time.monotonic()
+            time.sleep(0.15)
+            spans.append((start, time.monotonic()))
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    spans.sort()
+    assert len(spans) == 3 and all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+    lock_file = tmp_path / ".dvc" / "tmp" / DVC_LOCK_FILE
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(3)")
+    with dvc_lock(tmp_path):
+        assert subprocess.run([sys.executable, "-c", probe, str(lock_file)]).returncode == 3  # another process waits
+    assert subprocess.run([sys.executable, "-c", probe, str(lock_file)]).returncode == 0

@@ -72,6 +72,12 @@ def stored_batches(root: Path, task: str) -> list[Path]:
                   and p.name != ".gitignore")
 
 
+def unversioned_batches(root: Path, task: str) -> list[Path]:
+    """Stored batches without their `.dvc` file: accepted by a check whose `dvc add` then failed (or that
+    was killed in between). The next check versions them before taking in anything new."""
+    return [p for p in stored_batches(root, task) if not p.with_name(f"{p.name}.dvc").exists()]
+
+
 def batch_id(path: Path) -> str:
     return path.name.removesuffix(".parquet")
 

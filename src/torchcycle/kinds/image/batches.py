@@ -16,6 +16,33 @@ from torchcycle.data import batches as B
 from torchcycle.data.validate import Report
 from torchcycle.paths import TaskPaths
 
+# Checks of validate_images about a whole data set that a batch need not pass: a batch may bring images of
+# one class only, so fewer than two class folders ("classes") or a class folder left without an image
+# ("class_folders") do not reject it. Every other failed check does (by check name, never message text).
+DATASET_CHECKS = frozenset({"class_folders", "classes"})
+IGNORED = "not required of a batch: a batch may hold some of the task's classes only"
+
+
+def batch_errors(report: Report) -> list[str]:
+    """The errors that reject a batch, chosen by check name, and the dataset-wide failures marked ignored.
+
+    Report.fail records each error twice, as a failed check {"check": name, "detail": message} and as the
+    same message in `errors`; a summary check (Report.check) records no error. So each error is paired with
+    the failed check that carries it, and kept unless that check's name is in DATASET_CHECKS. An error
+    without a failed check of its own (none is expected) is kept: no error is dropped unclassified.
+    """
+    unpaired = list(report.errors)
+    kept = []
+    for check in report.checks:
+        if check["passed"] or check["detail"] not in unpaired:
+            continue  # a passed check, or a summary check that records no error
+        unpaired.remove(check["detail"])
+        if check["check"] in DATASET_CHECKS:
+            check["ignored"] = IGNORED
+        else:
+            kept.append(check["detail"])
+    return kept + unpaired
+
 
 class ImageBatches:
     def find(self, zone: Path, task: str) -> list[B.Arrival]:
@@ -39,9 +66,9 @@ class ImageBatches:
             report.fail("labels", f"{zone}: class folder(s) {unknown} are not classes of this task ({classes}).")
             return report, None
         report, records = validate_images(zone, items, cfg.source.extensions)
-        # a batch need not contain every class: only decode errors and stray files count here
-        report.errors = [c["detail"] for c in report.checks
-                         if not c["passed"] and c["check"] not in ("class_folders", "classes")]
+        report.errors = batch_errors(report)  # a batch need not contain every class
+        if not records and not report.errors:
+            report.fail("images", f"{zone}: no image in the class folder(s). A batch needs at least one image.")
         return report, (records or None)
 
     def accept(self, root: Path, arrival: B.Arrival, records: list) -> Path:

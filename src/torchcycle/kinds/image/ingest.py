@@ -14,6 +14,8 @@ from torchcycle.atomic import atomic_dir, write_json
 from torchcycle.data import batches
 from torchcycle.data.sources import builtin_file, display_path
 from torchcycle.data.splits import stratified_split
+from torchcycle.errors import DataValidationError
+from torchcycle.kinds.image.batches import batch_errors
 from torchcycle.kinds.image.sources import load_mnist, scan_image_folder
 from torchcycle.kinds.image.validate import validate_images
 from torchcycle.kinds.tabular.ingest import holdback_split
@@ -49,8 +51,9 @@ def ingest(cfg: Any, paths: Any, root: Path, seed: int) -> dict[str, Any]:
                 shutil.copy2(rec.path, tmp / rel)
             rel_paths.append(str(rel))
         stored = batches.stored_batches(root, paths.task)
+        batch_reports = {}
         for batch in stored:
-            _b_report, b_records = validate_images(batch, scan_image_folder(batch, src.extensions), src.extensions)
+            b_records, batch_reports[batches.batch_id(batch)] = _validate_batch(batch, src.extensions, root)
             for rec in b_records:
                 rel = Path("images") / rec.label / f"{batch.name}__{rec.path.name}"
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +61,7 @@ def ingest(cfg: Any, paths: Any, root: Path, seed: int) -> dict[str, Any]:
                 rel_paths.append(str(rel))
                 records.append(rec)
         report.summary["batches"] = [batches.batch_id(p) for p in stored]
+        report.summary["batch_reports"] = batch_reports
         pd.DataFrame({
             "path": rel_paths,
             "label": [r.label for r in records],
@@ -70,6 +74,25 @@ def ingest(cfg: Any, paths: Any, root: Path, seed: int) -> dict[str, Any]:
         write_json(tmp / "data_report.json", {"kind": "image", "target_type": "classification", **report.summary,
                                               "images": len(records)})
     return report.to_dict()
+
+
+def _validate_batch(batch: Path, extensions: list[str], root: Path) -> tuple[list, dict[str, Any]]:
+    """An accepted batch, validated again with the rules it was accepted by (kinds/image/batches.py): its
+    report is kept in the data report (`batch_reports`), and a batch that no longer passes stops ingest
+    instead of losing images silently."""
+    report, records = validate_images(batch, scan_image_folder(batch, extensions), extensions)
+    report.errors = batch_errors(report)
+    shown = str(display_path(batch, root))  # the data report reads the same on every machine
+    for check in report.checks:
+        check["detail"] = check["detail"].replace(str(batch), shown)
+    report.summary["root"] = shown
+    if report.errors:
+        listed = "\n".join(f"  - {e}" for e in report.errors[:10])
+        exc = DataValidationError(f"accepted batch {shown} no longer validates "
+                                  f"({len(report.errors)} problem(s)):\n{listed}\nRemove or repair it.")
+        exc.report = report.to_dict()  # type: ignore[attr-defined]
+        raise exc
+    return records, report.to_dict()
 
 
 def _write_mnist(images: Path, max_images: int | None, seed: int) -> None:

@@ -57,7 +57,8 @@ def validate_images(root: Path, items: list[tuple[Path, str]], extensions: list[
             "classes",
             f"{root}: found {len(class_dirs)} class folder(s) {class_dirs}; a classifier needs at least two.",
         )
-    report.check("images_decode", not any(e for e in report.errors if "decoded" in e), f"{len(records)} images decode")
+    undecodable = sum(1 for c in report.checks if c["check"] == "images_decode" and not c["passed"])
+    report.check("images_decode", not undecodable, f"{len(records)} images decode, {undecodable} do not")
     report.summary = {
         "root": str(root),
         "images": len(records),
