@@ -20,6 +20,21 @@ class TaskPaths:
         return self.root / "data" / "processed" / self.task
 
     @property
+    def incoming(self) -> Path:
+        """The drop zone of new data (files or <class>/<image> folders) the retraining flow checks."""
+        return self.root / "data" / "incoming" / self.task
+
+    @property
+    def batches(self) -> Path:
+        """Accepted batches, each versioned with DVC, appended by ingest."""
+        return self.root / "data" / "batches" / self.task
+
+    @property
+    def quarantine(self) -> Path:
+        """Rejected batches, each with the report saying what was wrong."""
+        return self.root / "data" / "quarantine" / self.task
+
+    @property
     def models(self) -> Path:
         return self.root / "models" / self.task
 

@@ -20,15 +20,15 @@ from torchcycle.paths import TaskPaths
 
 
 def incoming_dir(root: Path, task: str) -> Path:
-    return root / "data" / "incoming" / task
+    return TaskPaths(task, root).incoming
 
 
 def batches_dir(root: Path, task: str) -> Path:
-    return root / "data" / "batches" / task
+    return TaskPaths(task, root).batches
 
 
 def quarantine_dir(root: Path, task: str) -> Path:
-    return root / "data" / "quarantine" / task
+    return TaskPaths(task, root).quarantine
 
 
 @dataclass
