@@ -7,19 +7,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.integration.conftest import BIN, Project
+from tests.conftest import BIN, TASKS, Project, copy_project, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +29,37 @@ METRIC_KEYS = {"accuracy", "balanced_accuracy", "precision_macro", "recall_macro
 
 
 @pytest.fixture(scope="module")
-def reproduced(project: Project) -> Project:
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    project = copy_project(tmp_path_factory.mktemp("project"))
     proc = project.run("dvc", "repro")
     assert "Running stage 'evaluate@mnist'" in proc.stdout
     for stage in ("explain", "export", "register"):
-        for task in ("adult", "mnist", "diamonds"):
+        for task in TASKS:
             assert f"Running stage '{stage}@{task}'" in proc.stdout
     project.commit("first run")
     return project
+
+
+@pytest.fixture
+def restored(reproduced: Project, tmp_path: Path) -> Iterator[Project]:
+    """The reproduced project for a test that changes it (params, outputs, runs, registry versions): put
+    back as it was after the first run when the test ends, so no other test depends on running before or
+    after it. git restores params.yaml, dvc.lock (which `dvc repro` also stages) and the uncached metrics;
+    DVC the cached outputs; a copy of the SQLite store the MLflow runs and the registry."""
+    store = reproduced.root / "mlflow.db"
+    backup = tmp_path / "mlflow.db.before-test"  # outside the repository: a test may commit
+    shutil.copyfile(store, backup)
+    try:
+        yield reproduced
+    finally:
+        reproduced.run("git", "reset", "-q", "--hard", "HEAD")
+        reproduced.run("dvc", "checkout", "--force", "--quiet")
+        shutil.copyfile(backup, store)  # into the same file: open SQLite connections see the old state
+        assert "up to date" in reproduced.run("dvc", "status").stdout, "the project was not restored"
+
+
+def _stages_run(stdout: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", stdout))
 
 
 def _md5(path) -> str:
@@ -46,9 +71,14 @@ def test_stages_write_their_outputs(reproduced: Project) -> None:
     for task in ("adult", "mnist"):
         metrics = json.loads((root / "reports" / task / "metrics.json").read_text())
         assert metrics.keys() >= METRIC_KEYS
-        assert 0.0 <= metrics["accuracy"] <= 1.0
-        assert set(metrics["per_class"]) == set(json.loads((root / "models" / task / "model_config.json")
-                                                           .read_text())["target"]["classes"])
+        classes = json.loads((root / "models" / task / "model_config.json").read_text())["target"]["classes"]
+        assert set(metrics["per_class"]) == set(classes)
+        # the accuracy is that of the written test predictions (the argmax of their probabilities)
+        predictions = pd.read_csv(root / "reports" / task / "predictions.csv", dtype={"actual": str})
+        argmax = np.asarray(classes)[predictions[[f"proba_{c}" for c in classes]].to_numpy().argmax(axis=1)]
+        assert metrics["n_samples"] == len(predictions) > 0
+        assert metrics["accuracy"] == pytest.approx(float((predictions["actual"] == argmax).mean()), abs=1e-12)
+        assert np.trace(metrics["confusion_matrix"]) == (predictions["actual"] == argmax).sum()
         assert len(metrics["confusion_matrix"]) == len(metrics["per_class"])
         for name in ("roc", "precision_recall", "confusion", "calibration"):
             assert (root / "reports" / task / "evaluation" / f"{name}.csv").stat().st_size > 0
@@ -273,7 +303,8 @@ def test_predict_cli_uses_the_champion(reproduced: Project, tmp_path) -> None:
     # an unreadable image is the same PredictionInputError (tests/unit/test_export_serving.py)
 
 
-def test_re_registering_the_same_model_never_moves_the_champion(reproduced: Project) -> None:
+def test_re_registering_the_same_model_never_moves_the_champion(restored: Project) -> None:
+    reproduced = restored
     client = _client(reproduced)
     before = client.get_model_version_by_alias("torchcycle-adult", "champion").version
     reproduced.run("dvc", "repro", "--force", "--single-item", "register@adult")
@@ -284,15 +315,9 @@ def test_re_registering_the_same_model_never_moves_the_champion(reproduced: Proj
     assert str(client.get_model_version_by_alias("torchcycle-adult", "challenger").version) == report["version"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize(("task", "bad_column"), [("adult", "age"), ("diamonds", "carat")])
 def test_mlflow_models_serve_answers_on_localhost(reproduced: Project, task: str, bad_column: str) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DO_NOT_TRACK": "true",
            "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_TRACKING_URI": f"sqlite:///{reproduced.root / 'mlflow.db'}"}
     server = subprocess.Popen(
@@ -359,32 +384,78 @@ def test_second_repro_is_a_no_op(reproduced: Project) -> None:
     assert _md5(reproduced.root / "models" / "adult" / "model.pt") == before
 
 
-def test_changing_one_task_learning_rate_reruns_only_its_training(reproduced: Project) -> None:
-    params = reproduced.params()
-    original = params["adult"]["train"]["lr"]
-    params["adult"]["train"]["lr"] = original * 2
-    reproduced.write_params(params)
-    try:
-        status = json.loads(reproduced.run("dvc", "status", "--json").stdout)
-        assert set(status) == {"train@adult"}
-    finally:
-        params["adult"]["train"]["lr"] = original
-        reproduced.write_params(params)
+def test_changing_one_task_learning_rate_reruns_only_its_training(restored: Project) -> None:
+    """Only adult's training and the stages after it rerun, for real; every other output stays."""
+    root = restored.root
+    before = {rel: _md5(root / rel) for rel in
+              ["models/adult/model.pt", "data/processed/adult/train.npz", "data/raw/adult/train.parquet"]
+              + [f"models/{task}/model.pt" for task in TASKS if task != "adult"]}
+    metrics_before = json.loads((root / "reports" / "adult" / "metrics.json").read_text())
+    params = restored.params()
+    params["adult"]["train"]["lr"] = params["adult"]["train"]["lr"] * 2
+    restored.write_params(params)
+    status = json.loads(restored.run("dvc", "status", "--json").stdout)
+    assert set(status) == {"train@adult"}  # the only stage whose own params changed
+
+    ran = _stages_run(restored.run("dvc", "repro").stdout)
+    downstream = {f"{stage}@adult" for stage in ("train", "evaluate", "slices", "explain", "export", "register")}
+    assert {"train@adult", "evaluate@adult", "export@adult"} <= ran <= downstream, ran
+    assert _md5(root / "models" / "adult" / "model.pt") != before.pop("models/adult/model.pt")
+    for rel, digest in before.items():
+        assert _md5(root / rel) == digest, f"{rel} changed"
+    metrics_after = json.loads((root / "reports" / "adult" / "metrics.json").read_text())
+    assert metrics_after["log_loss"] != metrics_before["log_loss"]  # evaluated the retrained model
+    assert "Running stage" not in restored.run("dvc", "repro").stdout  # and now up to date
 
 
-def test_experiments_run_with_set_params_and_show(reproduced: Project) -> None:
-    reproduced.run("dvc", "exp", "run", "-S", "adult.train.lr=0.003", "-n", "faster-lr", "evaluate@adult")
-    shown = reproduced.run("dvc", "exp", "show", "--json").stdout
-    assert "faster-lr" in shown
-    assert "0.003" in shown
-    # the workspace now holds the experiment's result; the metrics file reflects it
-    metrics = reproduced.run("dvc", "metrics", "show", "--json").stdout
-    assert "reports/adult/metrics.json" in metrics
+def _experiments(shown: list[dict]) -> dict[str, dict]:
+    """`dvc exp show --json` as {experiment name or baseline branch: its data (params, metrics)}."""
+    found: dict[str, dict] = {}
+
+    def visit(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("name") and isinstance(node.get("data"), dict):
+                found.setdefault(node["name"], node["data"])
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(shown)
+    return found
 
 
-def test_push_then_pull_into_a_fresh_clone_restores_data(reproduced: Project, tmp_path) -> None:
-    reproduced.run("git", "checkout", "-q", "--", ".")
-    reproduced.run("dvc", "checkout", "--force")
+def test_experiments_run_with_set_params_and_show(restored: Project) -> None:
+    """`dvc exp run -S` trains with the new learning rate: the experiment records it and different test
+    metrics from the baseline's, and its results land in the workspace."""
+    root = restored.root
+    baseline_metrics = json.loads((root / "reports" / "adult" / "metrics.json").read_text())
+    baseline_lr = restored.params()["adult"]["train"]["lr"]
+    assert baseline_lr != 0.003
+    ran = _stages_run(restored.run("dvc", "exp", "run", "-S", "adult.train.lr=0.003", "-n", "faster-lr",
+                                   "evaluate@adult").stdout)
+    assert {"train@adult", "evaluate@adult"} <= ran and all(s.endswith("@adult") for s in ran), ran
+    experiments = _experiments(json.loads(restored.run("dvc", "exp", "show", "--json").stdout))
+    assert {"faster-lr", "main"} <= set(experiments), sorted(experiments)
+
+    def lr(data: dict) -> float:
+        return data["params"]["params.yaml"]["data"]["adult"]["train"]["lr"]
+
+    def metrics(data: dict) -> dict:
+        return data["metrics"]["reports/adult/metrics.json"]["data"]
+
+    assert lr(experiments["faster-lr"]) == 0.003 and lr(experiments["main"]) == baseline_lr
+    assert metrics(experiments["main"])["log_loss"] == pytest.approx(baseline_metrics["log_loss"])
+    assert metrics(experiments["faster-lr"])["log_loss"] != pytest.approx(baseline_metrics["log_loss"], rel=1e-9)
+    # the workspace holds the experiment's result
+    assert restored.params()["adult"]["train"]["lr"] == 0.003
+    workspace = json.loads((root / "reports" / "adult" / "metrics.json").read_text())
+    assert workspace["log_loss"] == pytest.approx(metrics(experiments["faster-lr"])["log_loss"])
+
+
+def test_push_then_pull_into_a_fresh_clone_restores_data(restored: Project, tmp_path) -> None:
+    reproduced = restored
     reproduced.commit("state to push")
     reproduced.run("dvc", "push")
     clone = tmp_path / "clone"

@@ -15,10 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tests.integration import conftest
-from tests.integration.conftest import BIN, REPO
-
-project_env = getattr(conftest, "project_env", None) or conftest.test_env
+from tests.conftest import BIN, REPO, project_env
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +43,14 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(root, str(BIN / "torchcycle"), "ingest", "adult")
     sh(root, str(BIN / "torchcycle"), "preprocess", "adult")
+    return root
+
+
+@pytest.fixture
+def trained_root(root: Path) -> Path:
+    """The scratch project with a trained model, whichever tests ran before (or none)."""
+    if not (root / "models" / "adult" / "model.pt").exists():
+        sh(root, str(BIN / "torchcycle"), "train", "adult")
     return root
 
 
@@ -100,8 +105,10 @@ def test_torchrun_two_gloo_processes_match_one_process(root: Path):
     assert max(float((ddp_w[k] - single_w[k]).abs().max()) for k in single_w) <= DDP_TOLERANCE
 
 
-def test_diverging_run_fails_cleanly_and_keeps_the_last_good_model(root: Path):
+def test_diverging_run_fails_cleanly_and_keeps_the_last_good_model(trained_root: Path):
     import mlflow
+
+    root = trained_root
 
     good = (root / "models" / "adult" / "model.pt").read_bytes()
     params = yaml.safe_load((root / "params.yaml").read_text())

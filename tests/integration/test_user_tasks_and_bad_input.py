@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import Project, copy_project
+from tests.conftest import Project, copy_project
 
 pytestmark = pytest.mark.slow
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 
@@ -10,6 +11,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
@@ -280,9 +282,25 @@ def test_learning_curves_split_losses_and_metrics() -> None:
     assert loss_ax.get_title() == "Loss" and metric_ax.get_title() == "Metrics"
     assert loss_ax.get_xlabel() == metric_ax.get_xlabel() == "Epoch"
     assert {line.get_label() for line in loss_ax.get_lines()} == {"train_loss", "val_loss"}
-    assert {line.get_label() for line in metric_ax.get_lines()} == {"val_accuracy"}
+    assert {line.get_label() for line in metric_ax.get_lines()} == {"val_accuracy"}  # no lr
     assert fig.get_suptitle() == "Learning curves"
+    lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
+    for name, line in lines.items():  # each line draws its own column against the epochs
+        np.testing.assert_array_equal(line.get_xdata(), history["epoch"])
+        np.testing.assert_array_equal(line.get_ydata(), history[name])
+    # a train/val pair reads as one: the same colour, train dashed and validation solid
+    assert lines["train_loss"].get_color() == lines["val_loss"].get_color() == plots.PALETTE[0]
+    assert (lines["train_loss"].get_linestyle(), lines["val_loss"].get_linestyle()) == ("--", "-")
+    assert lines["val_accuracy"].get_color() == plots.PALETTE[0]  # its own panel's first colour
     _render(fig)
+
+
+def test_learning_curves_give_each_metric_its_own_colour() -> None:
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.2, 0.9],
+                            "train_accuracy": [0.6, 0.7], "val_accuracy": [0.5, 0.6], "val_f1": [0.4, 0.5]})
+    lines = {line.get_label(): line for ax in plots.learning_curves(history).axes for line in ax.get_lines()}
+    assert lines["train_accuracy"].get_color() == lines["val_accuracy"].get_color() == plots.PALETTE[0]
+    assert lines["val_f1"].get_color() == plots.PALETTE[1]
 
 
 def test_learning_curves_with_losses_only_and_missing_epoch() -> None:
@@ -304,6 +322,17 @@ def test_confusion_matrix_figure_annotates_counts(evaluated, normalize: bool) ->
     texts = [t.get_text().split("\n")[0] for t in ax.texts]
     assert texts == [str(c) for row in result["confusion_matrix"] for c in row]
     assert ax.images[0].get_cmap().name == "cividis"
+    # the colours: each row's shares of its true class (or the raw counts), on a fixed scale
+    counts = np.asarray(result["confusion_matrix"], dtype=float)
+    shown = np.asarray(ax.images[0].get_array())
+    if normalize:
+        np.testing.assert_allclose(shown, counts / counts.sum(axis=1, keepdims=True))
+        np.testing.assert_allclose(shown.sum(axis=1), 1.0)
+        assert ax.images[0].get_clim() == (0.0, 1.0)
+        assert [t.get_text().split("\n")[1] for t in ax.texts] == [f"{v:.0%}" for v in shown.ravel()]
+    else:
+        np.testing.assert_array_equal(shown, counts)
+        assert ax.images[0].get_clim() == (0.0, counts.max())
     _render(fig)
 
 
@@ -314,8 +343,13 @@ def test_confusion_matrix_figure_rejects_mismatched_names() -> None:
 
 def test_confusion_matrix_figure_with_empty_row() -> None:
     fig = plots.confusion_matrix_figure(np.array([[3, 1], [0, 0]]), ["a", "b"])
-    assert "0\n0%" in [t.get_text() for t in fig.axes[0].texts]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["3\n75%", "1\n25%", "0\n0%", "0\n0%"]
+    np.testing.assert_array_equal(np.asarray(fig.axes[0].images[0].get_array()), [[0.75, 0.25], [0.0, 0.0]])
     _render(fig)
+
+
+def _curve(ax, label_start: str):
+    return next(line for line in ax.get_lines() if line.get_label().startswith(label_start))
 
 
 def test_roc_figure(evaluated) -> None:
@@ -324,13 +358,19 @@ def test_roc_figure(evaluated) -> None:
     ax = fig.axes[0]
     assert ax.get_title() == "ROC curve"
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("False positive rate", "True positive rate")
-    assert any(f"AUC = {result['roc_auc']:.3f}" in line.get_label() for line in ax.get_lines())
+    model = _curve(ax, "Model")
+    assert model.get_label() == f"Model (AUC = {result['roc_auc']:.3f})"
+    np.testing.assert_array_equal(model.get_xdata(), tables["roc"]["fpr"])
+    np.testing.assert_array_equal(model.get_ydata(), tables["roc"]["tpr"])
+    chance = _curve(ax, "Chance")
+    assert list(chance.get_xdata()) == list(chance.get_ydata()) == [0, 1]
     _render(fig)
 
 
 def test_roc_figure_without_auc_or_curve() -> None:
     fig = plots.roc_figure(pd.DataFrame({"fpr": [], "tpr": []}), None)
     assert any("undefined" in t.get_text() for t in fig.axes[0].texts)
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["Chance"]  # no empty model curve
     _render(fig)
 
 
@@ -340,6 +380,10 @@ def test_precision_recall_figure(evaluated) -> None:
     ax = fig.axes[0]
     assert ax.get_title() == "Precision-recall curve"
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("Recall", "Precision")
+    model = _curve(ax, "Model")
+    np.testing.assert_array_equal(model.get_xdata(), tables["precision_recall"]["recall"])
+    np.testing.assert_array_equal(model.get_ydata(), tables["precision_recall"]["precision"])
+    assert model.get_drawstyle() == "steps-post"  # precision holds until the next threshold
     _render(fig)
 
 
@@ -349,6 +393,12 @@ def test_calibration_figure(evaluated) -> None:
     ax = fig.axes[0]
     assert ax.get_title() == "Calibration curve"
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("Mean predicted probability", "Fraction of positives")
+    model = _curve(ax, "Model")
+    np.testing.assert_array_equal(model.get_xdata(), tables["calibration"]["mean_predicted"])
+    np.testing.assert_array_equal(model.get_ydata(), tables["calibration"]["fraction_positive"])
+    assert model.get_marker() == "o"  # bins are points, not a continuous curve
+    diagonal = _curve(ax, "Perfectly calibrated")
+    assert list(diagonal.get_xdata()) == list(diagonal.get_ydata()) == [0, 1]
     _render(fig)
 
 
@@ -368,14 +418,46 @@ def test_style_is_applied_to_figures_but_not_leaked_globally(evaluated) -> None:
     assert model_line.get_color() == plots.PALETTE[0]
 
 
-def test_palette_is_okabe_ito() -> None:
-    assert plots.PALETTE == (
-        "#0072B2",
-        "#E69F00",
-        "#009E73",
-        "#D55E00",
-        "#CC79A7",
-        "#56B4E9",
-        "#F0E442",
-        "#000000",
-    )
+# Machado, Oliveira & Fernandes (2009): full-severity colour-vision deficiencies, on linear RGB.
+CVD = {
+    "protanopia": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]],
+    "deuteranopia": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]],
+    "tritanopia": [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]],
+    "typical vision": np.eye(3).tolist(),
+}
+MIN_DELTA_E = 12.0  # CIE76; matplotlib's tab10 falls to 4.6 under protanopia, Okabe-Ito stays above 16
+
+
+def _lab(colour: str, vision: list[list[float]]) -> np.ndarray:
+    """CIELAB (D65) of an sRGB colour as seen with `vision`."""
+    srgb = np.asarray(to_rgb(colour))
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    linear = np.clip(np.asarray(vision) @ linear, 0.0, 1.0)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
+    f = np.cbrt(xyz / [0.95047, 1.0, 1.08883]).clip(min=4 / 29)  # (the linear toe only matters near black)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def _closest_pair(palette, vision) -> float:
+    return min(float(np.linalg.norm(_lab(a, vision) - _lab(b, vision)))
+               for a, b in itertools.combinations(palette, 2))
+
+
+@pytest.mark.parametrize("vision", list(CVD))
+def test_palette_colours_stay_distinguishable_with_colour_blindness(vision: str) -> None:
+    """What the palette is for: every two series colours differ visibly under each common colour-vision
+    deficiency (simulated), which a red/green palette such as tab10 fails."""
+    assert len(set(plots.PALETTE)) == len(plots.PALETTE) >= 8
+    assert _closest_pair(plots.PALETTE, CVD[vision]) >= MIN_DELTA_E
+    tab10 = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab10"].colors[:8]]
+    if vision in ("protanopia", "deuteranopia"):
+        assert _closest_pair(tab10, CVD[vision]) < MIN_DELTA_E  # the check can tell the two apart
+
+
+def test_figures_draw_series_in_palette_order() -> None:
+    """The style's colour cycle is the palette, so every figure's nth series gets the nth colour."""
+    with plots.style():
+        fig = Figure()
+        ax = fig.subplots()
+        drawn = [ax.plot([0, 1], [0, i])[0].get_color() for i in range(len(plots.PALETTE))]
+    assert [c.upper() for c in drawn] == [c.upper() for c in plots.PALETTE]

@@ -87,6 +87,40 @@ def test_other_scalings_match_numpy(scaling, center_scale):
     np.testing.assert_allclose(x_num[:, 1], (np.array([0.0, 100.0, 7.0]) - center) / scale, rtol=1e-6)
 
 
+def test_quantile_scaling_matches_sklearn_and_makes_skewed_columns_normal():
+    """`scaling: quantile` maps each number through its training quantiles to a standard normal, as
+    scikit-learn's QuantileTransformer does (the state keeps 101 quantiles, no centre or scale)."""
+    from scipy.special import ndtri
+    from sklearn.preprocessing import QuantileTransformer
+
+    rng = np.random.default_rng(0)
+    income = rng.lognormal(10, 1.5, 2000)  # heavily skewed
+    income[rng.random(2000) < 0.3] = 0.0  # and mostly-zero, like capital gains: repeated quantiles
+    train = pd.DataFrame({"age": rng.normal(40, 12, 2000), "hours": income, "city": ["a", "b"] * 1000})
+    state = fit(train, scaling="quantile")
+    spec = numeric_spec(state, "hours")
+    assert len(spec["quantiles"]) == pp.N_QUANTILES and (spec["center"], spec["scale"]) == (0.0, 1.0)
+
+    reference = QuantileTransformer(n_quantiles=pp.N_QUANTILES, output_distribution="normal").fit(
+        train[["age", "hours"]].to_numpy())
+    new = pd.DataFrame({"age": [-50.0, 10.0, 40.0, 75.0, 500.0], "hours": [0.0, 1e3, 2e4, 1e6, 1e9],
+                        "city": ["a"] * 5})
+    x_train, _ = pp.transform_tabular(train, state)
+    x_new, _ = pp.transform_tabular(new, state)
+    zero = train["hours"].to_numpy() == 0
+    # scikit-learn sends every value equal to the training minimum to the bound (-5.2); here the tied
+    # zeros get the middle of their share of the distribution instead. Everything else agrees.
+    np.testing.assert_allclose(x_new[:, 0], reference.transform(new[["age", "hours"]].to_numpy())[:, 0], atol=2e-3)
+    np.testing.assert_allclose(x_new[1:, 1], reference.transform(new[["age", "hours"]].to_numpy())[1:, 1], atol=2e-3)
+    np.testing.assert_allclose(x_train[~zero], reference.transform(train[["age", "hours"]].to_numpy())[~zero],
+                               atol=2e-3)
+    assert x_new[0, 1] == pytest.approx(ndtri(zero.mean() / 2), abs=0.05)
+    np.testing.assert_allclose(x_train[zero, 1], x_new[0, 1])
+    assert abs(float(x_train[:, 0].mean())) < 0.05 and abs(float(x_train[:, 0].std()) - 1) < 0.05
+    assert np.isfinite(x_new).all() and np.all(np.diff(x_new, axis=0) > 0)  # monotone, outliers clipped
+    assert x_new[-1].max() == pytest.approx(ndtri(1 - 1e-7))
+
+
 def test_constant_column_gets_unit_scale_not_division_by_zero():
     train = pd.DataFrame({"age": [5.0, 5.0, 5.0], "hours": [1.0, 2.0, 3.0], "city": ["a", "b", "a"]})
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from PIL import Image
 
 from torchcycle.config import TabularPreprocess, TabularSource
-from torchcycle.data.sources import read_table
+from torchcycle.data.sources import builtin_file, read_table
 from torchcycle.errors import DataValidationError
 from torchcycle.kinds.image.sources import load_mnist, scan_image_folder
 from torchcycle.kinds.image.validate import validate_images
@@ -70,12 +72,46 @@ def adult():
     return load_adult()
 
 
+def _adult_names() -> dict[str, list[str] | None]:
+    """The attributes adult.names documents, in file order: their levels, or None for a number."""
+    text = builtin_file("adult", "adult.names").read_text()
+    attributes = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"([a-z-]+): (.+)\.", line.strip())
+        if match:
+            name, spec = match.groups()
+            attributes[name] = None if spec == "continuous" else [v.strip() for v in spec.split(",")]
+    return attributes
+
+
+def _data_lines(name: str) -> list[str]:
+    with gzip.open(builtin_file("adult", name), "rt") as f:
+        return [line for line in f.read().splitlines() if line.strip() and not line.startswith("|")]
+
+
 def test_load_adult_has_both_official_files(adult):
-    assert len(adult.train) == 32_561
-    assert len(adult.test) == 16_281
-    assert list(adult.train.columns) == ADULT_COLUMNS
-    assert list(adult.test.columns) == ADULT_COLUMNS
-    assert len(ADULT_COLUMNS) == 15
+    """Every record of both files, in the columns and types adult.names documents."""
+    documented = _adult_names()
+    assert list(documented) == ADULT_COLUMNS[:-1] and ADULT_COLUMNS[-1] == "income"
+    for frame, file in ((adult.train, "adult.data.gz"), (adult.test, "adult.test.gz")):
+        lines = _data_lines(file)  # the test file's "|1x3 Cross validator" header is not a record
+        assert len(frame) == len(lines)
+        assert list(frame.columns) == ADULT_COLUMNS
+        for column, levels in documented.items():
+            if levels is None:
+                assert frame[column].dtype == np.int64, column  # no missing numbers in either file
+            else:
+                assert not pd.api.types.is_numeric_dtype(frame[column]), column
+                assert set(frame[column].dropna()) <= set(levels), column
+        # first and last records exactly as written, with "?" as missing and the label's period dropped
+        for i in (0, -1):
+            fields = [v.strip() for v in lines[i].split(",")]
+            fields[-1] = fields[-1].rstrip(".")
+            row = frame.iloc[i]
+            expected = [None if v == "?" else int(v) if documented.get(c, "") is None else v
+                        for c, v in zip(ADULT_COLUMNS, fields)]
+            assert [None if pd.isna(v) else v for v in row.tolist()] == expected
+    assert (len(adult.train), len(adult.test)) == (32_561, 16_281)  # the counts UCI publishes
 
 
 def test_load_adult_test_labels_have_no_trailing_period(adult):

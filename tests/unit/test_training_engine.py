@@ -202,6 +202,25 @@ def test_augmented_residual_cnn_trains():
     assert r.history[-1]["val_accuracy"] >= 0.9
 
 
+def test_channels_last_trains_the_cnn_in_that_layout_with_the_same_result():
+    """`train.channels_last` feeds NHWC batches to NHWC conv weights: the same optimisation as the
+    default layout (equal up to float rounding), not a silently different one."""
+    results = {}
+    for channels_last in (False, True):
+        seed_everything(0)
+        model, layouts = cnn(residual=False), set()
+        conv = model.features[1][0]  # 4 -> 8 channels (with one channel both layouts are the same)
+        conv.register_forward_pre_hook(lambda m, args, seen=layouts: seen.add(
+            args[0].is_contiguous(memory_format=torch.channels_last)) if m.training else None)
+        r = run(model, images(), cfg(epochs=2, batch_size=8, optimizer="adam", lr=0.01, channels_last=channels_last))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) is channels_last
+        assert layouts == {channels_last}
+        results[channels_last] = (model.state_dict(), r.history)
+    (plain, plain_history), (nhwc, nhwc_history) = results[False], results[True]
+    assert all(torch.allclose(plain[k].float(), nhwc[k].float(), atol=1e-4) for k in plain)
+    assert [h["val_loss"] for h in nhwc_history] == pytest.approx([h["val_loss"] for h in plain_history], abs=1e-4)
+
+
 def test_ema_keeps_and_validates_the_moving_average_of_the_weights():
     data, val = tabular(), tabular(32, seed=1)
     runs = {}
