@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Project, copy_project
+from tests.conftest import Project, copy_project
 
 TASKS = ("adult", "mnist", "diamonds")
 

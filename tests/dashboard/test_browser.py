@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dashboard.conftest import TASKS
-from tests.integration.conftest import BIN, REPO, project_env
+from tests.conftest import BIN, REPO, TASKS, project_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.dashboard.conftest import TASKS
+from tests.conftest import TASKS
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
 PAGES = ("overview", "experiments", "model", "explain", "predict", "dataset")
@@ -420,7 +420,7 @@ def test_pages_read_a_remote_mlflow_server(trained, at_root, monkeypatch: pytest
     import time
     import urllib.request
 
-    from tests.integration.conftest import BIN, project_env
+    from tests.conftest import BIN, project_env
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from tests.integration.conftest import Project, copy_project
+from tests.conftest import Project, copy_project
 from torchcycle.model_card import SECTIONS, num
 
 pytestmark = pytest.mark.slow

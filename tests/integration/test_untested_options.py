@@ -260,8 +260,6 @@ def test_log_figures_false_keeps_evaluation_figures_out_of_the_run(options: Opti
     assert (options.root / "reports" / TABLE / "figures" / "roc.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: stages/explain.py logs the whole explain folder, PNGs "
-                   "included, whatever tracking.log_figures says")
 def test_log_figures_false_logs_no_figure_at_all(options: Options) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -31,7 +31,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.integration.conftest import BIN, Project, copy_project, free_port, project_env
+from tests.conftest import BIN, Project, copy_project, free_port, project_env
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Project, copy_project, free_port, project_env
+from tests.conftest import Project, copy_project, free_port, project_env
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.test_export_serving import classifier_target, make_tabular, raw_frame
+from tests.unit.conftest import classifier_target, make_tabular, raw_frame
 from torchcycle.errors import TorchcycleError
 from torchcycle.registry import CHALLENGER, CHAMPION, current_alias, decide, register_and_decide
 from torchcycle.serving import Predictor, load_registered
@@ -155,7 +155,7 @@ def test_a_regression_champion_is_scored_on_the_splits_targets_in_target_units()
 
     import torch
 
-    from tests.unit.test_export_serving import OUTPUT
+    from tests.unit.conftest import OUTPUT
     from torchcycle.config import TabularPreprocess
     from torchcycle.export import onnx as X
     from torchcycle.kinds.tabular import TABULAR

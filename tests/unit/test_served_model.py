@@ -13,7 +13,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from tests.unit.test_export_serving import image, raw_frame, tabular  # noqa: F401  (fixtures)
+from tests.unit.conftest import image, raw_frame, tabular  # noqa: F401  (fixtures)
 from torchcycle import served_model
 from torchcycle.export.onnx import run_session
 from torchcycle.kinds.image.preprocess import transform_images

@@ -27,5 +27,8 @@ def run(params: Params, task: str, root: Path) -> dict:
     with mlflow_run.reopen_run(params, paths, root):
         mlflow.log_metrics({f"explain_{k}": float(v) for k, v in summary.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        mlflow.log_artifacts(str(paths.explain), artifact_path="explain")
+        for file in sorted(p for p in paths.explain.rglob("*") if p.is_file()):
+            if params.tracking.log_figures or file.suffix != ".png":  # figures only when asked for
+                rel = file.parent.relative_to(paths.explain)
+                mlflow.log_artifact(str(file), artifact_path=str(Path("explain", rel)))
     return summary
