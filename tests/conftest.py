@@ -121,3 +121,24 @@ def module_mlflow_env() -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store_not_leaked() -> Iterator[None]:
+    """A test that points MLflow at its own store (mlflow.set_tracking_uri also exports
+    MLFLOW_TRACKING_URI) must not send later tests' subprocesses — `dvc repro` run by a flow — to it."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    if {k: os.environ.get(k) for k in keys} == saved:
+        return
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

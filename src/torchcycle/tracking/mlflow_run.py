@@ -114,6 +114,9 @@ def reopen_run(params, paths: TaskPaths, root: Path) -> Iterator[Any]:
         )
     info = read_json(paths.run_info)
     configure(params, root)
+    # a process that set another experiment earlier (a flow or a dashboard running several tasks) would
+    # make MLflow refuse to reopen a run of this one: the run's own experiment becomes the active one
+    mlflow.set_experiment(experiment_id=mlflow.get_run(info["run_id"]).info.experiment_id)
     with mlflow.start_run(run_id=info["run_id"]) as run:
         yield run
 
