@@ -6,6 +6,7 @@ another, so no test module depends on another module's import side effects."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -105,40 +106,40 @@ def copy_project(dest: Path) -> Project:
     return project
 
 
+MLFLOW_STORE_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def mlflow_store_restored() -> Iterator[None]:
+    """mlflow.set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI: put
+    MLflow's store and those variables back as they were when the block started."""
+    saved = {k: os.environ.get(k) for k in MLFLOW_STORE_KEYS}
+    try:
+        yield
+    finally:
+        if {k: os.environ.get(k) for k in MLFLOW_STORE_KEYS} != saved:
+            if "mlflow" in sys.modules:
+                import mlflow
+
+                mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+                mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
 @pytest.fixture(scope="module")
 def module_mlflow_env() -> Iterator[None]:
-    """In-process stages call mlflow.set_tracking_uri, which exports MLFLOW_TRACKING_URI and
-    MLFLOW_REGISTRY_URI: put both back when the module is done, so later modules see their own store."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    yield
-    if "mlflow" in sys.modules:
-        import mlflow
-
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    """In-process stages point MLflow at their project's store: later modules see their own store."""
+    with mlflow_store_restored():
+        yield
 
 
 @pytest.fixture(autouse=True)
 def _mlflow_store_not_leaked() -> Iterator[None]:
-    """A test that points MLflow at its own store (mlflow.set_tracking_uri also exports
-    MLFLOW_TRACKING_URI) must not send later tests' subprocesses — `dvc repro` run by a flow — to it."""
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved = {k: os.environ.get(k) for k in keys}
-    yield
-    if {k: os.environ.get(k) for k in keys} == saved:
-        return
-    if "mlflow" in sys.modules:
-        import mlflow
-
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    """A test that points MLflow at its own store must not send later tests' subprocesses — `dvc repro`
+    run by a flow — to it."""
+    with mlflow_store_restored():
+        yield

@@ -108,6 +108,10 @@ class Target(Protocol):
         """The table a person reads: `predicted` first, then the numbers behind it."""
         ...
 
+    def summarise(self, y: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
+        """A split's encoded targets in a few numbers (class counts, or the mean), for splits.json."""
+        ...
+
     def decode(self, y: np.ndarray, state: dict[str, Any]) -> np.ndarray:
         """Encoded targets -> values a person recognises (class names or numbers in target units)."""
         ...

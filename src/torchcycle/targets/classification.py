@@ -351,6 +351,10 @@ class Classification:
         """The graph outputs behind a `predictions` table (e.g. reports/<task>/predictions.csv): (N, K)."""
         return predictions[self.output_columns(state)].to_numpy(np.float64)
 
+    def summarise(self, y: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
+        """What a split's encoded targets look like, for splits.json."""
+        return {"class_counts": np.bincount(y, minlength=len(state["classes"])).tolist()}
+
     def decode(self, y: np.ndarray, state: dict[str, Any]) -> np.ndarray:
         return np.asarray(state["classes"], dtype=object)[np.asarray(y, dtype=np.int64)]
 

@@ -177,6 +177,10 @@ class Regression:
         """The graph outputs behind a `predictions` table (e.g. reports/<task>/predictions.csv): (N, 3)."""
         return predictions[["predicted", "lower", "upper"]].to_numpy(np.float64)
 
+    def summarise(self, y: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
+        """What a split's encoded targets look like, for splits.json (the mean of the scaled target)."""
+        return {"target_mean": float(np.mean(y)) if len(y) else None}
+
     def decode(self, y: np.ndarray, state: dict[str, Any]) -> np.ndarray:
         t = np.asarray(y, np.float64) * state["std"] + state["mean"]
         return np.exp(t) if state["transform"] == "log" else t

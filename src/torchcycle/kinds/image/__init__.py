@@ -44,7 +44,7 @@ class ImageKind:
         return ingest(cfg, paths, root, seed)
 
     def preprocess(self, cfg: Any, paths: Any, seed: int) -> dict[str, Any]:
-        from torchcycle.kinds.tabular import split_indices, split_summary
+        from torchcycle.data.splits import split_indices
 
         manifest = pd.read_csv(paths.raw / "manifest.csv", dtype={"label": str})
         size, channels = tuple(cfg.preprocess.size), cfg.preprocess.channels
@@ -59,7 +59,7 @@ class ImageKind:
             for name, idx in (("train", tr), ("val", va), ("test", te)):
                 np.savez(tmp / f"{name}.npz", x=transform_images(pixels[idx], state), y=y_all[idx],
                          row=idx.astype(np.int64), path=manifest["path"].to_numpy(dtype=str)[idx])
-                counts[name] = {"rows": len(idx), **split_summary(y_all[idx], target_state)}
+                counts[name] = {"rows": len(idx), **target.summarise(y_all[idx], target_state)}
             write_json(tmp / "preprocessor.json", state)
             write_json(tmp / "schema.json", {
                 "kind": "image", "inputs": ["x"], "target": target_state, "classes": target_state["classes"],

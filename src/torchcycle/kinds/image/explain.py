@@ -12,7 +12,7 @@ import torch
 
 from torchcycle.artifacts import load_split
 from torchcycle.atomic import read_json
-from torchcycle.kinds.tabular.explain import sample
+from torchcycle.data.splits import sample
 
 
 def explain(params: Any, paths: Any, model: torch.nn.Module, target_state: dict[str, Any]) -> tuple[dict, Any]:

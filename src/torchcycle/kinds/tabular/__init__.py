@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from torchcycle.atomic import atomic_dir, atomic_path, write_json
-from torchcycle.data import batches as B
-from torchcycle.data.splits import stratified_split
-from torchcycle.errors import DataValidationError, PredictionInputError, TorchcycleError
+from torchcycle.atomic import atomic_dir, write_json
+from torchcycle.data.splits import split_indices
+from torchcycle.errors import PredictionInputError, TorchcycleError
 from torchcycle.kinds.tabular.preprocess import (
     MISSING,
     column_types,
@@ -76,7 +75,7 @@ class TabularKind:
                 y = target.encode(rows[src.target], target_state)
                 np.savez(tmp / f"{name}.npz", x_num=x_num, x_cat=x_cat, y=y, row=idx.astype(np.int64),
                          origin=np.array([origin] * len(idx)))
-                counts[name] = {"rows": len(idx), **split_summary(y, target_state)}
+                counts[name] = {"rows": len(idx), **target.summarise(y, target_state)}
             write_json(tmp / "preprocessor.json", state)
             write_json(tmp / "schema.json", schema(state, target_state))
             write_json(tmp / "splits.json", counts)
@@ -181,23 +180,6 @@ def _slice_labels(values: pd.Series, role: str | None) -> list[str]:
     return [MISSING if pd.isna(v) else str(v) for v in values]
 
 
-def split_indices(y: np.ndarray, labels: np.ndarray | None, has_test: bool, split_cfg: Any, seed: int):
-    """(train, val, test) indices; test is empty when the source brought its own test file. Stratified
-    by `labels` when the target type gives any."""
-    if has_test:
-        pool, test = np.arange(len(y)), np.array([], dtype=np.int64)
-    else:
-        pool, test = stratified_split(y, split_cfg.test_size, seed, stratify=labels is not None)
-    keep, val = stratified_split(y[pool], split_cfg.val_size, seed, stratify=labels is not None)
-    return pool[keep], pool[val], test
-
-
-def split_summary(y: np.ndarray, target_state: dict[str, Any]) -> dict[str, Any]:
-    if "classes" in target_state:
-        return {"class_counts": np.bincount(y, minlength=len(target_state["classes"])).tolist()}
-    return {"target_mean": float(np.mean(y)) if len(y) else None}
-
-
 def schema(state: dict[str, Any], target_state: dict[str, Any]) -> dict[str, Any]:
     """What a caller must send: raw columns with their type, training range or known categories."""
     out = {
@@ -234,7 +216,5 @@ def read_records(path: str | Path) -> pd.DataFrame:
         raise PredictionInputError(f"{path}: cannot be read as {suffix[1:]} ({exc})") from None
     raise PredictionInputError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(RECORD_SUFFIXES)}")
 
-
-__all__ = ["MISSING", "TABULAR", "B", "DataValidationError", "TabularKind", "atomic_path"]
 
 TABULAR = TabularKind()

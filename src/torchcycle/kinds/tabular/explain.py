@@ -14,12 +14,9 @@ import torch
 
 from torchcycle.artifacts import load_split
 from torchcycle.atomic import read_json
+from torchcycle.data.splits import sample
 from torchcycle.kinds.tabular.preprocess import feature_names
 from torchcycle.targets import target_of
-
-
-def sample(n: int, k: int, seed: int) -> np.ndarray:
-    return np.sort(np.random.default_rng(seed).choice(n, min(k, n), replace=False))
 
 
 def explain(params: Any, paths: Any, model: torch.nn.Module, target_state: dict[str, Any]) -> tuple[dict, Any]:
