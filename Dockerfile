@@ -41,7 +41,7 @@ COPY requirements/constraints.txt requirements/constraints.txt
 COPY pyproject.toml README.md ./
 RUN mkdir -p src/torchcycle \
     && touch src/torchcycle/__init__.py \
-    && pip install -c requirements/constraints.txt . \
+    && pip install -c requirements/constraints.txt '.[pretrained]' \
     && pip uninstall -y torchcycle \
     && rm -rf src
 COPY --chown=10001:10001 . .

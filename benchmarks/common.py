@@ -30,7 +30,7 @@ def model_for(task: str) -> tuple[nn.Module, str]:
     torch.manual_seed(0)
     cfg, schema = load_params(ROOT / "params.yaml").task(task), read_schema(paths)
     n_outputs = target_of(schema["target"]).n_outputs(schema["target"])
-    spec = kind_of(cfg).model_spec(cfg, schema, load_split(paths, "train").inputs, n_outputs)
+    spec = kind_of(cfg).model_spec(cfg, schema, load_split(paths, "train"), n_outputs)
     return build_model(spec).eval(), "initial (no trained model found)"
 
 

@@ -21,7 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TASKS = ("adult", "mnist", "diamonds")
+TASKS = ("adult", "mnist", "diamonds", "reviews")
 
 
 def free_port() -> int:
@@ -77,6 +77,8 @@ def shrink(params: dict) -> dict:
     params["adult"]["source"]["max_rows"] = 600
     params["mnist"]["source"]["max_images"] = 300
     params["diamonds"]["source"]["max_rows"] = 1500
+    params["reviews"]["source"]["max_rows"] = 500
+    params["reviews"]["preprocess"]["vocab_size"] = 600
     for task in TASKS:
         params[task]["train"]["epochs"] = 2
     params.setdefault("explain", {}).update(max_rows=150, background_rows=40, local_examples=2, examples_per_class=1)

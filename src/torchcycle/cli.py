@@ -126,11 +126,17 @@ def slices(task: str, params: Path = ParamsOption) -> None:
 
 @app.command()
 def explain(task: str, params: Path = ParamsOption) -> None:
-    """SHAP (tabular) or Grad-CAM (image) explanations of the test split; write reports/<task>/explain/."""
+    """SHAP (tabular), Grad-CAM (image) or integrated gradients (text) on the test split; write
+    reports/<task>/explain/."""
     s = _stage("explain", task, params)
-    extra = (f"additivity error {s['additivity_error']:.1e}" if "additivity_error" in s
-             else f"layer {s.get('layer', '')}")
-    typer.echo(f"explain@{task}: {s['method']} on {s.get('rows', s.get('images'))} test inputs in "
+    if "additivity_error" in s:
+        extra = f"additivity error {s['additivity_error']:.1e}"
+    elif "mean_abs_convergence_delta" in s:
+        extra = f"convergence delta {s['mean_abs_convergence_delta']:.1e}"
+    else:
+        extra = f"layer {s.get('layer', '')}"
+    inputs = s.get("rows", s.get("images", s.get("texts_explained")))
+    typer.echo(f"explain@{task}: {s['method']} on {inputs} test inputs in "
                f"{s['seconds']:.2f} s; {extra}")
 
 

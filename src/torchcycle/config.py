@@ -80,6 +80,35 @@ class ImageSource(Strict):
         return self
 
 
+class TextSource(Strict):
+    """A table with a text column and a label: the built-in reviews or a user's CSV/Parquet file."""
+
+    builtin: Literal["reviews"] | None = None
+    path: str | None = Field(None, description="CSV or Parquet file, relative to the project root")
+    test_path: str | None = Field(None, description="optional official test file with the same columns")
+    text_column: str = Field("text", description="the column holding the text")
+    target: str = Field(description="the column to predict")
+    target_type: Literal["auto", "classification", "regression"] = "auto"
+    target_transform: Literal["none", "log"] = "none"
+    interval_coverage: float = Field(0.9, gt=0, lt=1)
+    positive_class: str | None = Field(None, description="label treated as positive for binary ROC AUC")
+    csv_sep: str = ","
+    na_values: list[str] = Field(default_factory=lambda: [""])
+    max_rows: int | None = Field(None, ge=10, description="keep a stratified sample of at most this many rows")
+    max_empty_fraction: float = Field(
+        0.01, ge=0, le=1, description="more empty texts than this share fails validation (fewer are dropped)"
+    )
+    holdback_rows: int = Field(
+        0, ge=0, description="training rows kept out of training and released by `torchcycle simulate-arrival`"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TextSource:
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("set exactly one of `builtin` (reviews) or `path` (a .csv or .parquet file)")
+        return self
+
+
 # --------------------------------------------------------------------------- data handling
 class SplitConfig(Strict):
     test_size: float = Field(0.2, gt=0, lt=1, description="held-out share when the source has no test file")
@@ -105,6 +134,23 @@ class ImagePreprocess(Strict):
     channels: Literal[1, 3] = 1
     normalize: Literal["dataset", "unit"] = Field(
         "dataset", description="dataset: per-channel mean/std of the training split; unit: [0, 1] only"
+    )
+
+
+class TextPreprocess(Strict):
+    """Tokenisation with Hugging Face `tokenizers`: a vocabulary trained on the training split only, or
+    the tokenizer of a pretrained encoder (which the `pretrained` model then loads)."""
+
+    tokenizer: Literal["wordpiece", "bpe", "pretrained"] = Field(
+        "wordpiece", description="pretrained: the encoder's own tokenizer (required by model `pretrained`)"
+    )
+    vocab_size: int = Field(20000, ge=100, description="trained tokenizers: the largest vocabulary")
+    min_frequency: int = Field(2, ge=1, description="trained tokenizers: rarer pieces are not merged in")
+    lowercase: bool = True
+    max_length: int = Field(64, ge=4, description="tokens per text (longer texts are truncated, and counted)")
+    encoder: str = Field(
+        "minilm", description="pretrained: `minilm` (the packaged all-MiniLM-L6-v2), a local folder with "
+        "config.json, model.safetensors and tokenizer.json, or a hub id already in the local cache",
     )
 
 
@@ -139,6 +185,67 @@ class CNNConfig(Strict):
     residual: bool = Field(False, description="add a residual block (two convs + skip) after each conv stage")
 
 
+class RecurrentConfig(Strict):
+    """A recurrent encoder over token embeddings (packed sequences: padding is never read)."""
+
+    name: Literal["gru", "lstm"] = "gru"
+    embedding_dim: int = Field(128, ge=1)
+    hidden: int = Field(128, ge=1)
+    layers: int = Field(1, ge=1)
+    bidirectional: bool = True
+    dropout: float = Field(0.3, ge=0, lt=1)
+    pooling: Literal["last", "mean", "max"] = Field("max", description="how the states become one vector")
+
+
+class TransformerConfig(Strict):
+    """`nn.TransformerEncoder` over token embeddings plus positions, pooled or read at a [CLS] token."""
+
+    name: Literal["transformer"] = "transformer"
+    d_model: int = Field(128, ge=8)
+    heads: int = Field(4, ge=1)
+    layers: int = Field(2, ge=1)
+    feedforward: int = Field(256, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    positions: Literal["learned", "sinusoidal"] = "learned"
+    pooling: Literal["mean", "cls"] = Field("mean", description="cls: a learned [CLS] vector is prepended and read")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} must be a multiple of heads {self.heads}")
+        return self
+
+
+class BagConfig(Strict):
+    """Averaged embeddings of the tokens and (hashed) token bigrams: the fast classical neural baseline."""
+
+    name: Literal["bag"] = "bag"
+    embedding_dim: int = Field(64, ge=1)
+    ngrams: Literal[1, 2] = Field(1, description="2: also hashed token bigrams")
+    buckets: int = Field(32768, ge=1, description="hash buckets of the bigrams")
+    dropout: float = Field(0.5, ge=0, lt=1)
+    token_dropout: float = Field(0.0, ge=0, lt=1, description="training: share of tokens left out of each average")
+    prior: bool = Field(
+        True, description="classification: add a per-token score channel started from naive-Bayes log-count "
+        "ratios of the training split (NBSVM-style), trained with the rest"
+    )
+    prior_scale: float = Field(1.5, gt=0, description="weight of the prior channel in the logits")
+
+
+class PretrainedConfig(Strict):
+    """The encoder named by `preprocess.encoder` (BERT-like), fine-tuned frozen, fully or with LoRA (peft)."""
+
+    name: Literal["pretrained"] = "pretrained"
+    finetune: Literal["frozen", "full", "lora"] = "lora"
+    pooling: Literal["mean", "cls"] = "mean"
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    lora_target_modules: list[str] = Field(default_factory=lambda: ["query", "key", "value", "dense"])
+
+
+TextModel = Annotated[BagConfig | RecurrentConfig | TransformerConfig | PretrainedConfig, Field(discriminator="name")]
 TabularModel = Annotated[MLPConfig, Field(discriminator="name")]
 ImageModel = Annotated[CNNConfig, Field(discriminator="name")]
 
@@ -320,12 +427,31 @@ class ImageTask(Strict):
     _model_name = field_validator("model", mode="before")(_default_model_name("cnn"))
 
 
-TaskConfig = Annotated[TabularTask | ImageTask, Field(discriminator="kind")]
+class TextTask(Strict):
+    kind: Literal["text"]
+    source: TextSource
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    preprocess: TextPreprocess = Field(default_factory=TextPreprocess)
+    model: TextModel = Field(default_factory=BagConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig | None = None
+
+    _model_name = field_validator("model", mode="before")(_default_model_name("bag"))
+
+    @model_validator(mode="after")
+    def _encoder_and_tokenizer(self) -> TextTask:
+        if self.model.name == "pretrained" and self.preprocess.tokenizer != "pretrained":
+            raise ValueError("model `pretrained` reads the encoder's own token ids: set `preprocess.tokenizer: "
+                             "pretrained` (and `preprocess.encoder`)")
+        return self
+
+
+TaskConfig = Annotated[TabularTask | ImageTask | TextTask, Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------- explain, export, register
 class ExplainConfig(Strict):
-    """explain@<task>: SHAP for tabular tasks, Grad-CAM for image tasks."""
+    """explain@<task>: SHAP for tabular tasks, Grad-CAM for image tasks, integrated gradients for text."""
 
     shap_method: Literal["deep", "gradient"] = Field(
         "deep", description="deep: DeepExplainer (exact additivity for ReLU MLPs); gradient: GradientExplainer"
@@ -338,6 +464,9 @@ class ExplainConfig(Strict):
         "gradcam", description="hirescam: element-wise gradient x activation, marks only what the output reads"
     )
     examples_per_class: int = Field(2, ge=0, description="correct and misclassified test images per class")
+    text_examples: int = Field(12, ge=0, description="text tasks: test texts highlighted in attributions.html, "
+                               "half correct, half the most confident mistakes (regression: best and worst)")
+    ig_steps: int = Field(32, ge=2, description="text tasks: integrated-gradients interpolation steps per text")
 
 
 class ExportConfig(Strict):
@@ -429,14 +558,14 @@ class Params(Strict):
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     task_configs: dict[str, TaskConfig] = Field(default_factory=dict)
 
-    def task(self, name: str) -> TabularTask | ImageTask:
+    def task(self, name: str) -> TabularTask | ImageTask | TextTask:
         try:
             return self.task_configs[name]
         except KeyError:
             known = ", ".join(sorted(self.task_configs)) or "none"
             raise ConfigError(
                 f"unknown task '{name}'. Tasks defined in {PARAMS_FILE}: {known}. "
-                f"Add a '{name}:' section (kind: tabular or image) to {PARAMS_FILE}."
+                f"Add a '{name}:' section (kind: tabular, image or text) to {PARAMS_FILE}."
             ) from None
 
 
@@ -462,7 +591,7 @@ def parse_params(raw: dict[str, Any], source: str = PARAMS_FILE) -> Params:
         hints = "; ".join(_suggest(k, allowed) for k in unknown)
         raise ConfigError(
             f"{source}: unknown top-level key(s) {unknown}. {hints}. Allowed: {allowed} "
-            "or a task section (a mapping with `kind: tabular` or `kind: image`)."
+            "or a task section (a mapping with `kind: tabular`, `image` or `text`)."
         )
     missing = [t for t in tasks if t not in raw]
     if missing:
@@ -506,7 +635,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         if loc and loc[0] == "task_configs":
             loc = loc[1:]
             # drop the discriminator tag pydantic inserts (e.g. 'tabular', 'mlp')
-            loc = [p for i, p in enumerate(loc) if not (i in (1, 3) and p in {"tabular", "image", "mlp", "cnn"})]
+            loc = [p for i, p in enumerate(loc) if not (i in (1, 3) and p in {"tabular", "image", "text", "mlp", "cnn", "bag", "gru",
+                                                                    "lstm", "transformer", "pretrained"})]
         where = ".".join(loc)
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(err, exc)

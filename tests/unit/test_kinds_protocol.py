@@ -111,8 +111,8 @@ class VectorKind:
         df = pd.read_parquet(paths.raw / "vectors.parquet")
         return df.iloc[rows][FEATURES].reset_index(drop=True), y
 
-    def model_spec(self, cfg: Any, schema: dict[str, Any], train_inputs: tuple, n_outputs: int) -> dict[str, Any]:
-        assert train_inputs[0].shape[1] == len(schema["columns"])
+    def model_spec(self, cfg: Any, schema: dict[str, Any], train: Any, n_outputs: int) -> dict[str, Any]:
+        assert train.inputs[0].shape[1] == len(schema["columns"])
         return {"name": "mlp", "kwargs": {
             "n_numeric": len(schema["columns"]), "cardinalities": [], "n_classes": n_outputs,
             "hidden_sizes": list(cfg.model.hidden_sizes), "dropout": cfg.model.dropout,
@@ -142,6 +142,9 @@ class VectorKind:
 
     def onnx_module(self, model: nn.Module, head: nn.Module) -> nn.Module:
         return _Graph(model, head)
+
+    def dynamic_axes(self, state: dict[str, Any]) -> dict[str, dict[int, str]]:
+        return {}
 
     def describe_input(self, state: dict[str, Any]) -> dict[str, Any]:
         return {"columns": state["columns"], "normalisation": "(value - mean) / std per column"}

@@ -136,7 +136,8 @@ def test_mlp_spec_round_trip_rebuilds_the_same_architecture():
     schema = json.loads(json.dumps(tabular_schema(state, target_state)))  # as read back from schema.json
     inputs = tuple(torch.from_numpy(a) for a in pp.transform_tabular(train, state))
 
-    spec = json.loads(json.dumps(kind_of(task).model_spec(task, schema, inputs, target.n_outputs(target_state))))
+    spec = json.loads(json.dumps(kind_of(task).model_spec(task, schema, TensorData(inputs, torch.zeros(len(train), dtype=torch.long)),
+                                                         target.n_outputs(target_state))))
     rebuilt = build_model(spec)
     direct = TabularMLP(2, [3, 4], 3, [8, 4], batch_norm=True, dropout=0.1, embedding_dim=2)
 
@@ -151,7 +152,7 @@ def test_cnn_spec_round_trip_rebuilds_the_same_architecture():
     )
     schema = {"classes": [str(i) for i in range(10)], "channels": 3, "size": [20, 12]}
 
-    spec = json.loads(json.dumps(kind_of(task).model_spec(task, schema, (torch.zeros(2, 3, 20, 12),), 10)))
+    spec = json.loads(json.dumps(kind_of(task).model_spec(task, schema, TensorData((torch.zeros(2, 3, 20, 12),), torch.zeros(2)), 10)))
     rebuilt = build_model(spec)
     direct = ImageCNN(3, (20, 12), 10, [4, 6], hidden=12)
 

@@ -40,8 +40,9 @@ from torchcycle.config import Strict, parse_params
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ["ingest", "preprocess", "train", "evaluate", "slices", "explain", "export", "register"]
-TASKS = ["tab", "reg", "img"]  # a class target, a number target (log transform, PLE), images
+TASKS = ["tab", "reg", "img", "txt"]  # a class target, a number target (log transform, PLE), images, text
 CSV = "data/external/rows.csv"  # where the project keeps its own files (ingest declares data/external)
+TEXTS = "data/external/texts.csv"
 # written and read by the stages themselves, outside DVC by design: the MLflow store and training checkpoints
 UNTRACKED = ("mlflow.db", "mlartifacts", ".checkpoints")
 
@@ -288,6 +289,14 @@ def _rows(n: int = 240, seed: int = 0) -> pd.DataFrame:
     })  # fmt: skip
 
 
+def _texts(n: int = 240, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    good, bad, plain = ["great", "lovely", "fine"], ["awful", "dull", "poor"], ["film", "plot", "actors", "the", "a"]
+    label = rng.choice(["yes", "no"], size=n)
+    texts = [" ".join([*rng.choice(plain, 4), rng.choice(good if y == "yes" else bad)]) for y in label]
+    return pd.DataFrame({"review": texts, "label": label})
+
+
 def tiny_params() -> dict:
     train = {"epochs": 2, "batch_size": 32, "num_threads": 1, "device": "cpu", "distributed": "off"}
     table = {"split": {}, "preprocess": {}, "train": train}
@@ -311,6 +320,8 @@ def tiny_params() -> dict:
         "img": {"kind": "image", "source": {"builtin": "mnist", "max_images": 150},
                 "split": {"test_size": 0.3, "val_size": 0.15}, "preprocess": {}, "model": {"channels": [4, 8], "hidden": 16},
                 "train": {**train, "epochs": 1, "augment": {"enabled": True, "elastic_alpha": 2.0}}},
+        "txt": {"kind": "text", **table, "preprocess": {"vocab_size": 120}, "model": {"embedding_dim": 8},
+                "source": {"path": TEXTS, "text_column": "review", "target": "label", "positive_class": "yes"}},
     }  # fmt: skip
 
 
@@ -325,6 +336,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Re
     root = tmp_path_factory.mktemp("stage-params")
     (root / CSV).parent.mkdir(parents=True)
     _rows().to_csv(root / CSV, index=False)
+    _texts().to_csv(root / TEXTS, index=False)
     raw = tiny_params()
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     params = parse_params(raw)

@@ -34,7 +34,12 @@ def read_table(path: Path, *, sep: str = ",", na_values: list[str] | None = None
             f"{path}: malformed CSV ({exc}). Every row must have the same number of fields as the header; "
             "fix or remove the offending line, or set `source.csv_sep` if the file uses another separator."
         ) from None
-    except (pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}: {exc.reason}). "
+            "Save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or point `source.path` at the right file."
+        ) from None
+    except pd.errors.EmptyDataError as exc:
         raise DataValidationError(f"{path}: cannot be read as a table ({exc}). Is it an empty or binary file?") from None
     except Exception as exc:  # pyarrow raises a zoo of types for corrupt Parquet
         raise DataValidationError(f"{path}: cannot be read ({type(exc).__name__}: {exc}).") from None

@@ -34,19 +34,25 @@ def export_onnx(
     output: str,
     metadata: dict[str, str] | None = None,
     opset: int | None = None,
+    axes: dict[str, dict[int, str]] | None = None,
 ) -> bytes:
     """Serialized ONNX model (weights inside) of `graph` (the model and its target head, with the kind's
-    named inputs `names`) with a dynamic batch axis."""
+    named inputs `names`) with a dynamic batch axis, plus the kind's other dynamic `axes` (input name ->
+    axis -> dimension name, e.g. a text's sequence length)."""
     import onnx
 
     graph = graph.eval()
-    batch = torch.export.Dim("batch")
+    dims: dict[str, Any] = {"batch": torch.export.Dim("batch")}
+    for per_input in (axes or {}).values():
+        for dim_name in per_input.values():
+            dims.setdefault(dim_name, torch.export.Dim(dim_name))
+    shapes = {n: {0: dims["batch"], **{a: dims[d] for a, d in (axes or {}).get(n, {}).items()}} for n in names}
     # the exporter specialises a batch of one to a constant: trace with at least two rows
     example = tuple(t[:2] if len(t) >= 2 else torch.cat([t, t]) for t in example)
     kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
     program = torch.onnx.export(
         graph, example, input_names=names, output_names=[output],
-        dynamic_shapes={n: {0: batch} for n in names}, external_data=False, dynamo=True, verbose=False,
+        dynamic_shapes=shapes, external_data=False, dynamo=True, verbose=False,
         **kwargs,
     )  # fmt: skip
     proto = program.model_proto

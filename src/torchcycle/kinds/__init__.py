@@ -42,7 +42,10 @@ class Kind(Protocol):
         """The raw records behind a processed split (as a client would send them) and the encoded targets."""
         ...
 
-    def model_spec(self, cfg: Any, schema: dict[str, Any], train_inputs: tuple, n_outputs: int) -> dict[str, Any]: ...
+    def model_spec(self, cfg: Any, schema: dict[str, Any], train: Any, n_outputs: int) -> dict[str, Any]:
+        """The model's name and JSON kwargs; `train` (TensorData: inputs and encoded targets) is what an
+        initialisation may learn from (quantile bins, token statistics)."""
+        ...
 
     def explain(self, params: Any, paths: Any, model: nn.Module, target: dict[str, Any]) -> tuple[dict, Writer]:
         """A summary and a writer of the explanation files (SHAP tables, Grad-CAM overlays, …)."""
@@ -53,6 +56,10 @@ class Kind(Protocol):
 
     def onnx_module(self, model: nn.Module, head: nn.Module) -> nn.Module:
         """`head(model(*inputs))` with the kind's named inputs (the exporter maps dynamic axes by name)."""
+        ...
+
+    def dynamic_axes(self, state: dict[str, Any]) -> dict[str, dict[int, str]]:
+        """Input axes besides the batch that vary between calls (a text's length): name -> axis -> dim name."""
         ...
 
     def describe_input(self, state: dict[str, Any]) -> dict[str, Any]: ...
@@ -94,8 +101,9 @@ class Kind(Protocol):
 def _kinds() -> dict[str, Kind]:
     from torchcycle.kinds.image import IMAGE
     from torchcycle.kinds.tabular import TABULAR
+    from torchcycle.kinds.text import TEXT
 
-    return {k.name: k for k in (TABULAR, IMAGE)}
+    return {k.name: k for k in (TABULAR, IMAGE, TEXT)}
 
 
 def get_kind(name: str) -> Kind:

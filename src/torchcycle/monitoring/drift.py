@@ -121,3 +121,44 @@ def drift_figure(report: dict[str, Any]):
         ax.set_title(f"Drift of the new batch: {len(report['drifted_columns'])} of {len(names)} columns drifted")
         fig.tight_layout()
     return fig
+
+
+def domain_classifier_drift(reference: np.ndarray, batch: np.ndarray, seed: int = 0, max_rows: int = 2000,
+                            ) -> dict[str, Any]:
+    """Can a classifier tell the batch's embeddings from the training data's? Cross-validated ROC AUC of a
+    logistic regression (0.5: indistinguishable), its Mann-Whitney p-value, and the PSI of its scores."""
+    from scipy.stats import mannwhitneyu
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    rng = np.random.default_rng(seed)
+    ref = reference[rng.permutation(len(reference))[:max_rows]]
+    new = batch[rng.permutation(len(batch))[:max_rows]]
+    if len(ref) < 5 or len(new) < 5:
+        return {"type": "embedding", "test": "domain classifier", "auc": 0.5, "p_value": 1.0, "psi": 0.0}
+    x = np.vstack([ref, new])
+    y = np.r_[np.zeros(len(ref)), np.ones(len(new))]
+    folds = StratifiedKFold(n_splits=min(5, len(new), len(ref)), shuffle=True, random_state=seed)
+    scores = cross_val_predict(LogisticRegression(max_iter=1000, class_weight="balanced"), x, y, cv=folds,
+                               method="predict_proba")[:, 1]
+    auc = float(roc_auc_score(y, scores))
+    p_value = float(mannwhitneyu(scores[y == 1], scores[y == 0], alternative="greater").pvalue)
+    edges = np.linspace(0, 1, 11)
+    p_ref = np.histogram(scores[y == 0], edges)[0] / len(ref)
+    p_new = np.histogram(scores[y == 1], edges)[0] / len(new)
+    return {"type": "embedding", "test": "domain classifier (5-fold logistic regression)", "auc": auc,
+            "p_value": p_value, "psi": psi(p_ref, p_new)}
+
+
+def text_drift(reference: pd.DataFrame, batch: pd.DataFrame, ref_embeddings: np.ndarray, batch_embeddings: np.ndarray,
+               label: str | None, psi_threshold: float = 0.2, p_value: float = 0.01) -> dict[str, Any]:
+    """Drift of text batches: token count and out-of-vocabulary share per text (KS + PSI), the labels
+    (chi-square), and the model's pooled embeddings (a domain classifier). Frames hold the columns
+    `tokens` and `oov_share` (and `label`)."""
+    columns = {c: numeric_drift(reference[c], batch[c]) for c in ("tokens", "oov_share")}
+    if label is not None:
+        columns["label"] = categorical_drift(reference[label], batch[label])
+    columns["embedding"] = domain_classifier_drift(ref_embeddings, batch_embeddings)
+    return {"kind": "text", "reference_rows": len(reference), "batch_rows": len(batch),
+            **_decide(columns, psi_threshold, p_value)}

@@ -36,7 +36,8 @@ def run(params: Params, task: str, root: Path) -> dict:
     names = kind.input_names(state)
     test = load_split(paths, "test")
     blob = X.export_onnx(graph, test.inputs, names, OUTPUT,
-                         X.metadata_for(state, target_state, kind.describe_input(state)), ex.opset)
+                         X.metadata_for(state, target_state, kind.describe_input(state)), ex.opset,
+                         kind.dynamic_axes(state))
     session = X.ort_session(blob, ex.ort_threads)
     # timed first: the parity pass's large batches would leave both runtimes slower at batch 1
     bench = X.benchmark(graph, session, test.inputs, repeats=ex.benchmark_repeats, min_seconds=ex.benchmark_seconds,

@@ -1,13 +1,16 @@
 """slices@<task>: the trained model's metrics on each group of the test split (the kind of data decides the
-groups: a table's categorical columns, an image's class and brightness) and, for a binary target,
-fairlearn's group-fairness measures; reports/<task>/slices.json (DVC metrics), figures and a table under
-reports/<task>/slices/, all logged to the training run."""
+groups: a table's categorical columns, an image's class and brightness, a text's class and length) and,
+for a binary target, fairlearn's group-fairness measures; reports/<task>/slices.json (DVC metrics),
+figures, a table and the test inputs the model got most confidently wrong (`mistakes.csv`, with the
+text or image path that identifies them) under reports/<task>/slices/, all logged to the training run."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from torchcycle.artifacts import load_model, load_split
@@ -19,6 +22,8 @@ from torchcycle.paths import TaskPaths
 from torchcycle.targets import target_of
 from torchcycle.tracking import mlflow_run
 from torchcycle.training.loop import predict_outputs
+
+MISTAKES = 25
 
 
 def run(params: Params, task: str, root: Path) -> dict:
@@ -40,6 +45,7 @@ def run(params: Params, task: str, root: Path) -> dict:
 
     with atomic_dir(paths.slices) as tmp:
         S.slice_table(report).to_csv(tmp / "slices.csv", index=False)
+        mistakes_table(kind.row_labels(raw), y, outputs, target, state).to_csv(tmp / "mistakes.csv", index=False)
         for name, fig in figures.items():
             fig.savefig(tmp / name, dpi=120, bbox_inches="tight")
     write_json(paths.slices_report, report)
@@ -53,8 +59,24 @@ def run(params: Params, task: str, root: Path) -> dict:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         mlflow.log_artifact(str(paths.slices_report), artifact_path="slices")
         mlflow.log_artifact(str(paths.slices / "slices.csv"), artifact_path="slices")
+        mlflow.log_artifact(str(paths.slices / "mistakes.csv"), artifact_path="slices")
         if params.tracking.log_figures:
             for name in figures:
                 mlflow.log_artifact(str(paths.slices / name), artifact_path="slices")
     return {"columns": report["columns"], "slices": len(report["slices"]), "largest_gap": report["largest_gap"],
             "report": report}
+
+
+def mistakes_table(labels: pd.DataFrame, y: np.ndarray, outputs: np.ndarray, target, state: dict,
+                   rows: int = MISTAKES) -> pd.DataFrame:
+    """The worst predictions of the test split, worst first: what identifies the input (its text, its
+    path), the actual and predicted answer, and how bad it is."""
+    badness = target.mistakes(y, outputs, state)
+    order = [i for i in np.argsort(-np.nan_to_num(badness, nan=-np.inf), kind="stable") if not np.isnan(badness[i])]
+    order = order[:rows]
+    table = pd.concat([labels.iloc[order].reset_index(drop=True),
+                       target.predictions(outputs[order], state).reset_index(drop=True)], axis=1)
+    table.insert(len(labels.columns), "actual", target.decode(np.asarray(y)[order], state))
+    table.insert(0, "test_row", order)
+    table["error"] = badness[order]
+    return table

@@ -70,7 +70,7 @@ def _train(params: Params, cfg, task: str, root: Path, progress: bool, ctx: dist
     train, val = load_split(paths, "train"), load_split(paths, "val")
     schema = read_schema(paths)
     target = target_of(schema["target"])
-    spec = kind_of(cfg).model_spec(cfg, schema, train.inputs, target.n_outputs(schema["target"]))
+    spec = kind_of(cfg).model_spec(cfg, schema, train, target.n_outputs(schema["target"]))
     model = build_model(spec)
     objective = target.objective(schema["target"], cfg.train)
     checkpointer = checkpointer_for(params, task, root)
@@ -111,6 +111,7 @@ def _train(params: Params, cfg, task: str, root: Path, progress: bool, ctx: dist
                             "kept_epoch": result.kept_epoch})
         history = pd.DataFrame(result.history)
         model.to("cpu")
+        spec = inference_spec(model, spec)
         # what is fitted on the validation split once the weights are final (a probability calibration and
         # decision threshold, or prediction intervals)
         target_state = target.calibrate(schema["target"], predict_outputs(model, val), val.y.numpy(), cfg.train)
@@ -143,7 +144,7 @@ def overfit_check(params: Params, cfg, task: str, root: Path, progress: bool) ->
     train = load_split(paths, "train")
     schema = read_schema(paths)
     target = target_of(schema["target"])
-    model = build_model(kind_of(cfg).model_spec(cfg, schema, train.inputs, target.n_outputs(schema["target"])))
+    model = build_model(kind_of(cfg).model_spec(cfg, schema, train, target.n_outputs(schema["target"])))
     # an "epoch" here is one pass over the few batches, so give it enough passes to memorise them
     tcfg = cfg.train.model_copy(update={"label_smoothing": 0.0, "epochs": max(cfg.train.epochs, OVERFIT_MIN_EPOCHS)})
     result = fit(model, train, train.take(cfg.train.overfit_batches * cfg.train.batch_size), tcfg,
@@ -152,6 +153,15 @@ def overfit_check(params: Params, cfg, task: str, root: Path, progress: bool) ->
     reached = last < OVERFIT_LOSS
     return {"overfit": True, "batches": cfg.train.overfit_batches, "first_loss": first, "final_loss": last,
             "reached_zero": reached, "epochs": len(result.history)}  # fmt: skip
+
+
+def inference_spec(model: torch.nn.Module, spec: dict) -> dict:
+    """The spec of the model as it is saved: a model trained with adapters (LoRA) merges them into its
+    weights first, so what is stored, exported and served is one plain network."""
+    merge = getattr(model, "merge_adapters", None)
+    if merge is None:
+        return spec
+    return {**spec, "kwargs": {**spec["kwargs"], **merge()}}
 
 
 def _flat(d: dict, prefix: str) -> dict:

@@ -124,6 +124,11 @@ class Target(Protocol):
         """Whether two models' outputs can be scored on the same labels (same classes, same target)."""
         ...
 
+    def mistakes(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+        """How bad each prediction is, worst highest (the probability given to a wrong class, or the
+        absolute error); NaN for a right answer."""
+        ...
+
 
 def _targets() -> dict[str, Target]:
     from torchcycle.targets.classification import CLASSIFICATION

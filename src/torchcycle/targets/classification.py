@@ -358,6 +358,13 @@ class Classification:
     def decode(self, y: np.ndarray, state: dict[str, Any]) -> np.ndarray:
         return np.asarray(state["classes"], dtype=object)[np.asarray(y, dtype=np.int64)]
 
+    def mistakes(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+        """The probability of the wrongly predicted class (a confident mistake scores near 1)."""
+        out = np.asarray(outputs, np.float64)
+        predicted = self.decisions(out, state)
+        score = out[np.arange(len(out)), predicted] if len(out) else np.zeros(0)
+        return np.where(predicted != np.asarray(y, np.int64), score, np.nan)
+
     def parity(self, reference: np.ndarray, candidate: np.ndarray, tolerance: float) -> dict[str, Any]:
         """Max |probability difference| and predicted-class agreement; `passed` needs both."""
         diff = float(np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).max()) if len(reference) else 0.0

@@ -185,6 +185,10 @@ class Regression:
         t = np.asarray(y, np.float64) * state["std"] + state["mean"]
         return np.exp(t) if state["transform"] == "log" else t
 
+    def mistakes(self, y: np.ndarray, outputs: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+        """The absolute error in target units (every prediction is a little wrong)."""
+        return np.abs(self.decode(y, state) - np.asarray(outputs, np.float64)[:, 0])
+
     def parity(self, reference: np.ndarray, candidate: np.ndarray, tolerance: float) -> dict[str, Any]:
         """Max relative difference |Δ| / max(|reference|, 1) over prediction and bounds."""
         ref, cand = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)

@@ -105,7 +105,7 @@ def run(params: Params, task: str, root: Path, trials: int | None = None, output
         over["train.checkpoint.enabled"] = False
         cfg = apply_overrides(base, over)
         seed_everything(params.seed)
-        model = build_model(kind_of(cfg).model_spec(cfg, schema, train.inputs, n_outputs))
+        model = build_model(kind_of(cfg).model_spec(cfg, schema, train, n_outputs))
         parent_exp = mlflow.active_run().info.experiment_id  # children go to the parent's experiment
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, experiment_id=parent_exp,
                               tags={"task": task, "stage": "tune-trial"}):

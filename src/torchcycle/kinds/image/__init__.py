@@ -73,7 +73,7 @@ class ImageKind:
         with np.load(paths.split(split), allow_pickle=False) as z:
             return pd.DataFrame({IMAGE_COLUMN: [paths.raw / p for p in z["path"]]}), z["y"]
 
-    def model_spec(self, cfg: Any, schema: dict[str, Any], train_inputs: tuple, n_outputs: int) -> dict[str, Any]:
+    def model_spec(self, cfg: Any, schema: dict[str, Any], train: Any, n_outputs: int) -> dict[str, Any]:
         m = cfg.model
         return {"name": "cnn", "kwargs": {
             "in_channels": schema["channels"], "image_size": list(schema["size"]), "n_classes": n_outputs,
@@ -91,6 +91,9 @@ class ImageKind:
 
     def onnx_module(self, model: nn.Module, head: nn.Module) -> nn.Module:
         return _Graph(model, head)
+
+    def dynamic_axes(self, state: dict[str, Any]) -> dict[str, dict[int, str]]:
+        return {}
 
     def describe_input(self, state: dict[str, Any]) -> dict[str, Any]:
         h, w = state["size"]

@@ -97,13 +97,13 @@ class TabularKind:
         return out.reset_index(drop=True), y
 
     # ------------------------------------------------------------------ model
-    def model_spec(self, cfg: Any, schema: dict[str, Any], train_inputs: tuple, n_outputs: int) -> dict[str, Any]:
+    def model_spec(self, cfg: Any, schema: dict[str, Any], train: Any, n_outputs: int) -> dict[str, Any]:
         m = cfg.model
         edges = None
         if m.numeric_embedding == "ple":
             from torchcycle.models.numeric_embeddings import quantile_bin_edges
 
-            edges = quantile_bin_edges(train_inputs[0], m.numeric_bins)
+            edges = quantile_bin_edges(train.inputs[0], m.numeric_bins)
         return {"name": "mlp", "kwargs": {
             "n_numeric": len(schema["numeric"]),
             "cardinalities": [len(c["categories"]) + 1 for c in schema["categorical"]],
@@ -125,6 +125,9 @@ class TabularKind:
 
     def onnx_module(self, model: nn.Module, head: nn.Module) -> nn.Module:
         return _Graph(model, head)
+
+    def dynamic_axes(self, state: dict[str, Any]) -> dict[str, dict[int, str]]:
+        return {}
 
     def describe_input(self, state: dict[str, Any]) -> dict[str, Any]:
         return {"columns": column_types(state), "x_num": [c["name"] for c in state["numeric"]],
