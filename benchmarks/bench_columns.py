@@ -68,6 +68,8 @@ def build(frame: pd.DataFrame) -> dict:
     x_num, x_cat = transform_tabular(frame, state)
     kind = get_kind("tabular")
     schema = {"numeric": state["numeric"], "categorical": state["categorical"]}
+    from torchcycle.training.loop import TensorData
+
     torch.manual_seed(0)
     inputs = (torch.from_numpy(x_num), torch.from_numpy(x_cat))
     model = build_model(kind.model_spec(cfg, schema, TensorData(inputs, torch.zeros(len(frame))),

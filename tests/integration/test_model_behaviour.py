@@ -21,7 +21,7 @@ from tests.conftest import TASKS, Project, copy_project
 pytestmark = pytest.mark.slow
 
 # minimum functionality: by how much each champion must beat the trivial model on the test split
-ACCURACY_MARGIN = {"adult": 0.05, "mnist": 0.5}  # accuracy above the majority class's share
+ACCURACY_MARGIN = {"adult": 0.05, "mnist": 0.5, "reviews": 0.1}  # accuracy above the majority class's share
 RMSE_SHARE = {"diamonds": 0.5}  # RMSE at most this share of the mean predictor's RMSE
 INVARIANCE_TOLERANCE = 0.01  # mean |change in P(>50K)| when fnlwgt moves by 5%
 
@@ -36,6 +36,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, module_mlflow_env: None) -
     params["mnist"]["train"]["epochs"] = 4
     params["diamonds"]["source"]["max_rows"] = 4000
     params["diamonds"]["train"]["epochs"] = 6
+    del params["reviews"]["source"]["max_rows"]  # every snippet: the default model trains in seconds
+    params["reviews"]["preprocess"]["vocab_size"] = 12000
     for task in TASKS:
         params[task]["train"]["num_threads"] = 1
     params["explain"].update(max_rows=20, background_rows=10, local_examples=0, examples_per_class=0)
@@ -118,7 +120,39 @@ def test_a_larger_diamond_is_predicted_to_cost_more(trained: Project) -> None:
 
 
 # --------------------------------------------------------------------------- minimum functionality
-@pytest.mark.parametrize("task", ["adult", "mnist"])
+@pytest.fixture(scope="module")
+def reviews(trained: Project) -> tuple:
+    rows, y = split_rows(trained, "reviews")
+    return champion(trained, "reviews"), rows, y
+
+
+def p_fresh(predictor, texts: list[str]) -> np.ndarray:
+    return predictor.predict(pd.DataFrame({"text": texts}))["proba_fresh"].to_numpy()
+
+
+def test_praise_raises_and_scorn_lowers_the_fresh_probability(reviews: tuple) -> None:
+    """Directional: a sentence of praise appended to a review never makes it read as more rotten on
+    average, a sentence of scorn never as more fresh."""
+    predictor, rows, _ = reviews
+    texts = rows["text"].head(400).tolist()
+    base = p_fresh(predictor, texts)
+    praised = p_fresh(predictor, [f"{t} A moving, beautifully acted film." for t in texts])
+    scorned = p_fresh(predictor, [f"{t} A dull, tedious mess." for t in texts])
+    assert (praised - base).mean() > 0.05 and (praised < base - 0.05).mean() < 0.05
+    assert (scorned - base).mean() < -0.05 and (scorned > base + 0.05).mean() < 0.05
+
+
+def test_case_and_spacing_do_not_change_a_review(reviews: tuple) -> None:
+    """Invariance: the tokenizer lowercases and splits on whitespace, so shouting or extra spaces
+    leave the answer as it was."""
+    predictor, rows, _ = reviews
+    texts = rows["text"].head(400).tolist()
+    base = p_fresh(predictor, texts)
+    np.testing.assert_allclose(p_fresh(predictor, [t.upper() for t in texts]), base, atol=1e-5)
+    np.testing.assert_allclose(p_fresh(predictor, ["  " + t.replace(" ", "   ") for t in texts]), base, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["adult", "mnist", "reviews"])
 def test_champion_beats_the_majority_class(trained: Project, task: str) -> None:
     predictor = champion(trained, task)
     rows, y = split_rows(trained, task)

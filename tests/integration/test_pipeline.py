@@ -219,13 +219,23 @@ def test_explain_outputs(reproduced: Project) -> None:
         assert cams["maps"].min() >= 0.0 and cams["maps"].max() <= 1.0
     assert (mnist / "overlays_correct.png").exists() and (mnist / "class_average.png").exists()
 
+    reviews = reproduced.root / "reports" / "reviews" / "explain"
+    summary = json.loads((reviews / "summary.json").read_text())
+    assert summary["method"] == "integrated_gradients" and summary["texts_explained"] > 0
+    examples = json.loads((reviews / "examples.json").read_text())
+    assert examples and all(len(e["tokens"]) == len(e["scores"]) for e in examples)
+    assert {"correct", "misclassified"} & {e["case"] for e in examples}
+    top = pd.read_csv(reviews / "top_tokens.csv")
+    assert set(top["group"]) <= {"fresh", "rotten"} and len(top) > 0
+    assert '<span class="tok"' in (reviews / "attributions.html").read_text()
+
 
 def test_export_parity_and_benchmark(reproduced: Project) -> None:
     diamonds = _json(reproduced, "reports/diamonds/export.json")
     assert diamonds["output"]["columns"] == ["prediction", "lower", "upper"]
     for key in ("parity", "parity_from_raw_input"):
         assert diamonds[key]["passed"] and diamonds[key]["max_rel_diff"] <= 1e-4
-    for task in ("adult", "mnist"):
+    for task in ("adult", "mnist", "reviews"):
         report = _json(reproduced, f"reports/{task}/export.json")
         for key in ("parity", "parity_from_raw_input"):
             assert report[key]["passed"] and report[key]["max_abs_diff"] <= 1e-4
@@ -315,8 +325,13 @@ def test_re_registering_the_same_model_never_moves_the_champion(restored: Projec
     assert str(client.get_model_version_by_alias("torchcycle-adult", "challenger").version) == report["version"]
 
 
-@pytest.mark.parametrize(("task", "bad_column"), [("adult", "age"), ("diamonds", "carat")])
-def test_mlflow_models_serve_answers_on_localhost(reproduced: Project, task: str, bad_column: str) -> None:
+@pytest.mark.parametrize(("task", "bad_column", "bad_value", "message"), [
+    ("adult", "age", "forty", "column 'age', row 1: 'forty' is not a number"),
+    ("diamonds", "carat", "forty", "column 'carat', row 1: 'forty' is not a number"),
+    ("reviews", "text", None, "column 'text', row 1: expected text"),
+])  # fmt: skip
+def test_mlflow_models_serve_answers_on_localhost(reproduced: Project, task: str, bad_column: str, bad_value,
+                                                  message: str) -> None:
     port = free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DO_NOT_TRACK": "true",
            "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_TRACKING_URI": f"sqlite:///{reproduced.root / 'mlflow.db'}"}
@@ -339,6 +354,8 @@ def test_mlflow_models_serve_answers_on_localhost(reproduced: Project, task: str
         # raw records, as they appear in the source file (the target column is ignored)
         split = "test" if task == "adult" else "train"
         rows = pd.read_parquet(reproduced.root / "data" / "raw" / task / f"{split}.parquet").head(3)
+        if task == "reviews":  # what a client sends: the text column only
+            rows = rows[["text"]]
         body = {"dataframe_records": json.loads(rows.to_json(orient="records"))}
         answer = _post_json(f"http://127.0.0.1:{port}/invocations", body)
         served = pd.DataFrame(answer["predictions"])
@@ -347,11 +364,11 @@ def test_mlflow_models_serve_answers_on_localhost(reproduced: Project, task: str
         np.testing.assert_allclose(served.iloc[:, 1:].to_numpy(float), expected.iloc[:, 1:].to_numpy(float), atol=1e-5)
         assert (served["predicted"] == expected["predicted"]).all()
 
-        body["dataframe_records"][1][bad_column] = "forty"
+        body["dataframe_records"][1][bad_column] = bad_value
         with pytest.raises(urllib.error.HTTPError) as bad:
             _post_json(f"http://127.0.0.1:{port}/invocations", body)
         assert bad.value.code == 400
-        assert f"column '{bad_column}', row 1: 'forty' is not a number" in json.loads(bad.value.read())["message"]
+        assert message in json.loads(bad.value.read())["message"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -374,6 +391,36 @@ def test_registered_image_model_takes_image_files_through_pyfunc(reproduced: Pro
         pd.DataFrame({"image": [f.read_bytes() for f in files]}))
     expected = Predictor(reproduced.root / "exports" / "mnist" / "model.onnx").predict(pd.DataFrame({"image": files}))
     np.testing.assert_allclose(served.iloc[:, 1:].to_numpy(float), expected.iloc[:, 1:].to_numpy(float), atol=1e-5)
+
+
+def test_text_task_outputs_and_predictions(reproduced: Project, tmp_path: Path) -> None:
+    """reviews: the tokenizer as JSON, truncation counted, length buckets and confident mistakes with their
+    text, and the champion predicting raw text from a .txt file as the exported model does."""
+    from torchcycle.serving import Predictor
+
+    root = reproduced.root
+    processed = root / "data" / "processed" / "reviews"
+    state = json.loads((processed / "preprocessor.json").read_text())
+    assert state["tokenizer"] == (processed / "tokenizer.json").read_text()
+    assert not list(processed.glob("*.pkl"))
+    splits = json.loads((processed / "splits.json").read_text())
+    assert all("truncated" in s for s in splits.values())
+    slices = _json(reproduced, "reports/reviews/slices.json")
+    assert set(slices["columns"]) == {"class", "length"}
+    mistakes = pd.read_csv(root / "reports" / "reviews" / "slices" / "mistakes.csv")
+    assert len(mistakes) > 0 and (mistakes["actual"] != mistakes["predicted"]).all()
+    assert mistakes["error"].is_monotonic_decreasing and mistakes["text"].str.len().gt(0).all()
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("A warm, funny and moving film.\nA dull, tedious mess.\n")
+    out = tmp_path / "predictions.csv"
+    reproduced.run(str(BIN / "torchcycle"), "predict", "-t", "reviews", "-i", str(texts), "-o", str(out))
+    printed = pd.read_csv(out)
+    expected = Predictor(root / "exports" / "reviews" / "model.onnx").predict(
+        pd.DataFrame({"text": ["A warm, funny and moving film.", "A dull, tedious mess."]}))
+    assert list(printed["text"]) == ["A warm, funny and moving film.", "A dull, tedious mess."]
+    assert list(printed["predicted"]) == list(expected["predicted"])
+    np.testing.assert_allclose(printed["proba_fresh"], expected["proba_fresh"], atol=1e-5)
 
 
 def test_second_repro_is_a_no_op(reproduced: Project) -> None:

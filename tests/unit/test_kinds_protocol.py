@@ -247,7 +247,7 @@ def test_a_registered_kind_is_found_by_name_config_and_state(vector_kind) -> Non
 
 
 def test_registration_does_not_outlive_the_test() -> None:
-    with pytest.raises(ConfigError, match=r"unknown kind of data 'vector'; choose one of \['image', 'tabular'\]"):
+    with pytest.raises(ConfigError, match=r"unknown kind of data 'vector'; choose one of \['image', 'tabular', 'text'\]"):
         kinds.get_kind("vector")
 
 
@@ -310,7 +310,8 @@ def test_stages_run_a_new_kind_unchanged(vector_kind, tracking, tmp_path, torch_
 # --------------------------------------------------------------------------- no branching on names
 SCANNED = [REPO / "src/torchcycle/stages", REPO / "src/torchcycle/serving.py", REPO / "src/torchcycle/served_model.py",
            REPO / "src/torchcycle/retraining.py", REPO / "pipelines"]
-FORBIDDEN = [r"kind ==", r"\"tabular\"", r"\"image\"", r"TabularTask", r"ImageTask", r"\"classification\"",
+FORBIDDEN = [r"kind ==", r"\"tabular\"", r"\"image\"", r"\"text\"", r"TabularTask", r"ImageTask", r"TextTask",
+             r"\"classification\"",
              r"\"regression\"", r"'tabular'", r"'image'", r"'classification'", r"'regression'"]
 
 

@@ -95,7 +95,9 @@ def _train(params: Params, cfg, task: str, root: Path, progress: bool, ctx: dist
             mlflow.set_tag("resumed_from_run", interrupted)
         mlflow.log_params(_flat(cfg.model_dump(exclude={"tune"}), prefix=""))
         mlflow.log_params({"seed": params.seed, "threads": threads, "train_rows": len(train), "val_rows": len(val),
-                           "n_parameters": sum(p.numel() for p in model.parameters()), "world_size": ctx.world})
+                           "n_parameters": sum(p.numel() for p in model.parameters()),
+                           "n_trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                           "world_size": ctx.world})
         try:
             result = go([MlflowEpochLogger(mlflow)])
         except TrainingError as exc:

@@ -54,7 +54,7 @@ class TextKind:
             rows, origin, y = z["row"], z["origin"], z["y"]
         from torchcycle.atomic import read_json
 
-        column = read_json(paths.schema)["text_column"]
+        column = read_json(paths.preprocessor)["text_column"]
         texts = np.empty(len(rows), dtype=object)
         for name in np.unique(origin):
             file = paths.raw / f"{name}.parquet"
@@ -140,15 +140,17 @@ class TextKind:
 
 
 def length_buckets(tokens: np.ndarray) -> list[str]:
-    """Quartiles of the token count, labelled with their range ("short: 3–14 tokens")."""
+    """Quartiles of the token count, labelled with the counts they hold ("short: 3–14 tokens"): bucket i
+    holds [edge i, edge i+1), the last one also its upper edge, so no count matches two labels."""
     tokens = np.asarray(tokens)
     if not len(tokens):
         return []
     edges = np.unique(np.quantile(tokens, [0, 0.25, 0.5, 0.75, 1.0]).round().astype(int))
-    which = np.clip(np.searchsorted(edges, tokens, side="right") - 1, 0, max(len(edges) - 2, 0))
+    n_buckets = max(len(edges) - 1, 1)
+    which = np.clip(np.searchsorted(edges, tokens, side="right") - 1, 0, n_buckets - 1)
     labels = []
-    for i in range(max(len(edges) - 1, 1)):
-        lo, hi = edges[i], edges[min(i + 1, len(edges) - 1)]
+    for i in range(n_buckets):
+        lo, hi = edges[i], (edges[i + 1] - 1 if i + 1 < n_buckets else edges[-1])
         labels.append(f"{LENGTHS[min(i, 3)]}: {lo}–{hi} tokens")
     return [labels[int(w)] for w in which]
 

@@ -32,7 +32,7 @@ class TextBatches(TabularBatches):
         src, file = cfg.source, arrival.paths[0]
         report = Report(kind="text")
         try:
-            df = read_table(file, sep=src.csv_sep, na_values=src.na_values)
+            df = read_table(file, sep=src.csv_sep, na_values=src.na_values, keep_default_na=False)
         except Exception as exc:  # DataValidationError from read_table names the file
             report.fail("readable", str(exc))
             return report, None

@@ -32,6 +32,6 @@ def load_text(source, root: Path) -> TabularFrames:
         if rel is None:
             frames.append(None)
             continue
-        frames.append(read_table(root / rel, sep=source.csv_sep, na_values=source.na_values))
+        frames.append(read_table(root / rel, sep=source.csv_sep, na_values=source.na_values, keep_default_na=False))
     files = [root / source.path] + ([root / source.test_path] if source.test_path else [])
     return TabularFrames(train=frames[0], test=frames[1], files=files)

@@ -58,6 +58,11 @@ def validate_text(frames: dict[str, tuple[Path, pd.DataFrame]], source, batch: b
                         f"`source.target` is '{target}'). Columns are {list(df.columns)}; set those keys in params.yaml.")
             continue
         texts = df[col]
+        # an all-empty column reads as float NaN: say it is empty rather than "holds float64 values"
+        if (texts.astype("string").fillna("").str.strip() == "").all():
+            report.fail("empty_texts", f"{file}: every value of column '{col}' is empty. Set `source.text_column` to "
+                        "the column with the text.")
+            continue
         if pd.api.types.is_numeric_dtype(texts) or pd.api.types.is_bool_dtype(texts):
             report.fail("text_column", f"{file}: column '{col}' holds {texts.dtype} values, not text. Set "
                         "`source.text_column` to the column with the text (a table of numbers is `kind: tabular`).")
@@ -65,10 +70,6 @@ def validate_text(frames: dict[str, tuple[Path, pd.DataFrame]], source, batch: b
         texts = texts.astype("string")
         empty = texts.isna() | (texts.str.strip() == "")
         share = float(empty.mean())
-        if empty.all():
-            report.fail("empty_texts", f"{file}: every value of column '{col}' is empty. Set `source.text_column` to "
-                        "the column with the text.")
-            continue
         if share > source.max_empty_fraction:
             report.fail("empty_texts", f"{file}: {int(empty.sum())} of {len(df)} texts ({share:.1%}) in column '{col}' "
                         f"are empty ({_rows(file, np.flatnonzero(empty))}); more than `source.max_empty_fraction` "
