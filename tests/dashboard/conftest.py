@@ -1,6 +1,7 @@
 """A trained copy of the project for the dashboard tests: the real pipeline (`dvc repro`) on shrunken
 params for every built-in task (adult and diamonds: tables with classes and with a number to predict;
-mnist: images), run twice for adult (a second learning rate) so there are runs to compare and a challenger."""
+mnist: images; reviews: texts), run twice for adult (a second learning rate) so there are runs to compare
+and a challenger."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.conftest import Project, copy_project
 
-TASKS = ("adult", "mnist", "diamonds")
+TASKS = ("adult", "mnist", "diamonds", "reviews")
 
 
 def dashboard_params(params: dict) -> dict:
@@ -21,6 +22,9 @@ def dashboard_params(params: dict) -> dict:
     always pass, so registered versions carry gates; slices of a few rows, so mnist's tiny test split has some."""
     params["diamonds"]["source"]["max_rows"] = 800
     params["diamonds"]["train"]["epochs"] = 2
+    params["reviews"]["source"]["max_rows"] = 400  # a few hundred snippets and a small vocabulary
+    params["reviews"]["preprocess"]["vocab_size"] = 500
+    params["reviews"]["train"]["epochs"] = 2
     params["explain"].update({"max_rows": 150, "background_rows": 50, "local_examples": 2})
     params["export"].update({"benchmark_repeats": 10, "min_speedup": 0})
     # every promotion gate on, with limits no model can fail (a value is at most 1 for a classifier; the
