@@ -74,8 +74,10 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
 def torchcycle_variant(task: str, over: dict, base: dict, scratch: Path, env: dict[str, str]) -> dict[str, Any]:
     params = {k: v for k, v in base.items() if not (isinstance(v, dict) and "kind" in v)}
     params["tasks"] = [task]
-    params[task] = merge(base[TASK], over)
+    params[task] = merge(base[TASK], {k: v for k, v in over.items() if k != "model"})
+    params[task]["model"] = over.get("model", base[TASK]["model"])  # another model: its own keys only
     params["card"] = {}
+    params[task].pop("tune", None)
     params["evaluate"] = {**params.get("evaluate", {}), "slice_columns": {}}
     (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     exe = str(Path(sys.executable).parent / "torchcycle")

@@ -358,3 +358,18 @@ def test_text_drift_same_distribution_then_shifted_embeddings_then_longer_texts(
     assert longer["drifted_columns"] == ["tokens"]
     assert longer["columns"]["tokens"]["batch_mean"] > longer["columns"]["tokens"]["reference_mean"] + 20
     assert "label" not in text_drift(ref, new, ref_emb, new_emb, None)["columns"]
+
+
+def test_the_wordpiece_vocabulary_is_the_same_on_every_run() -> None:
+    """Counted in order (frequency, then the piece), not by a trainer that breaks ties in hash order: the
+    same texts give the same vocabulary and ids, so a pipeline rerun reproduces its model."""
+    import json
+
+    from torchcycle.kinds.text.tokenizer import train_tokenizer
+
+    texts = [f"{a} {b} film number {i}" for i, (a, b) in enumerate(zip(["good", "bad", "fine"] * 40, ["plot", "cast"] * 60))]
+    first, second = (json.loads(train_tokenizer(texts, "wordpiece", 200, 2, True)) for _ in range(2))
+    assert first["model"]["vocab"] == second["model"]["vocab"]
+    vocab = first["model"]["vocab"]
+    assert {"good", "plot", "film", "number"} <= set(vocab)  # frequent words are whole pieces
+    assert len(vocab) <= 200 and vocab["[PAD]"] == 0
