@@ -185,7 +185,7 @@ def main() -> None:
               "torchcycle": results, "baselines": base_results, "floors": floors, "machine": machine_now(),
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "command": ".venv/bin/python benchmarks/bench_text.py" + (" --pretrained" if args.pretrained else "")}
-    out = ROOT / "benchmarks" / "results" / ("text_pretrained.json" if args.pretrained else "text.json")
+    out = ROOT / "benchmarks" / "results" / "text.json"
     write_json(out, record)
     m = record["machine"]
     lines = [f"# {TASK}: text models vs TF-IDF on the same test split", "",

@@ -51,6 +51,14 @@ def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+def trimmed(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """In training, a batch cut to its longest text: padding never changes an output, so the columns
+    that are padding in every row are work for nothing (inference keeps the shapes it is given, which
+    the exported graph needs)."""
+    width = int(attention_mask.sum(dim=1).max().clamp(min=1))
+    return input_ids[:, :width], attention_mask[:, :width]
+
+
 class TextModel(nn.Module):
     """What every text model offers besides forward: the embedding layer and its parameter counts."""
 
@@ -287,6 +295,8 @@ class TransformerText(TextModel):
         return self.embedding
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            input_ids, attention_mask = trimmed(input_ids, attention_mask)
         x = self.embedding(input_ids) * self.scale
         valid = attention_mask > 0
         if self.cls is not None:
@@ -356,6 +366,8 @@ class PretrainedText(TextModel):
         return self.encoder.get_input_embeddings()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            input_ids, attention_mask = trimmed(input_ids, attention_mask)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pooled = hidden[:, 0] if self.pooling == "cls" else _masked_mean(hidden, attention_mask > 0)
         return self.head(self.dropout(pooled))
