@@ -10,6 +10,7 @@ MLFLOW_PORT ?= 5000
 DASHBOARD_PORT ?= 8501
 PREFECT_PORT ?= 4200
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := true
@@ -39,8 +40,8 @@ run: venv ## dvc repro: ingest, validate, preprocess, train and evaluate every t
 	$(BIN)/dvc repro
 	$(BIN)/torchcycle metrics
 
-test: venv browser postgres ## the whole test suite (what CI runs)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: venv browser postgres ## the whole test suite (what CI runs), a test module per worker (TEST_WORKERS=2)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20 $(PYTEST_ARGS)
 
 test-fast: venv ## unit tests only (no end-to-end runs)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

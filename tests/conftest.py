@@ -145,3 +145,13 @@ def _mlflow_store_not_leaked() -> Iterator[None]:
     run by a flow — to it."""
     with mlflow_store_restored():
         yield
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `pytest -n N --dist loadgroup` (what `make test` runs) a worker takes a whole test module, so
+    a module's fixtures are built once; the dashboard's modules share one trained project (a session
+    fixture) and go to one worker together."""
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        group = "dashboard" if module.startswith("tests/dashboard/") else module
+        item.add_marker(pytest.mark.xdist_group(group))
