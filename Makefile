@@ -90,13 +90,15 @@ prefect-ui: ## where to watch retraining runs
 	@echo "Prefect UI: http://$(HOST):$(PREFECT_PORT)  (started by 'make schedule')"
 
 .PHONY: bench
-bench: venv ## training speed, SHAP cost, torch vs ONNX Runtime, diamonds vs scikit-learn, column costs (benchmarks/results/)
+bench: venv ## training speed, SHAP cost, torch vs ONNX Runtime, diamonds vs scikit-learn, column costs, text models (benchmarks/results/)
 	$(BIN)/dvc repro preprocess@adult preprocess@mnist preprocess@diamonds
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_explain.py
 	$(BIN)/python benchmarks/bench_export.py
 	$(BIN)/python benchmarks/bench_regression.py
 	$(BIN)/python benchmarks/bench_columns.py
+	$(BIN)/python benchmarks/bench_text.py
+	$(BIN)/python benchmarks/bench_text_explain.py
 
 lint: venv ## ruff
 	$(BIN)/ruff check src tests pipelines dashboards benchmarks

@@ -12,7 +12,7 @@ baselines are fitted on all 80 % (train + validation rows), the usual reference 
 models train on 72 % (the validation split picks the epoch and fits the calibration).
 Floors (issue: text): the default model beats the TF-IDF baseline's accuracy and ROC AUC with its train
 stage at most 90 s; LoRA at least 0.82 accuracy; ONNX batch-1 at least 3x faster than eager torch.
-Results: benchmarks/results/text.json and text.md.
+Results: benchmarks/results/text.json and text.md (text_pretrained.* with --pretrained).
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def main() -> None:
               "torchcycle": results, "baselines": base_results, "floors": floors, "machine": machine_now(),
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "command": ".venv/bin/python benchmarks/bench_text.py" + (" --pretrained" if args.pretrained else "")}
-    out = ROOT / "benchmarks" / "results" / "text.json"
+    out = ROOT / "benchmarks" / "results" / ("text_pretrained.json" if args.pretrained else "text.json")
     write_json(out, record)
     m = record["machine"]
     lines = [f"# {TASK}: text models vs TF-IDF on the same test split", "",
