@@ -106,6 +106,7 @@ def parameter_counts(scratch: Path, task: str, cfg: dict) -> dict[str, int]:
     from torchcycle.artifacts import load_split, read_schema
     from torchcycle.config import parse_params
     from torchcycle.kinds import kind_of
+    from torchcycle.models import text as text_models
     from torchcycle.models.factory import build_model
     from torchcycle.paths import TaskPaths
     from torchcycle.targets import target_of
@@ -116,9 +117,8 @@ def parameter_counts(scratch: Path, task: str, cfg: dict) -> dict[str, int]:
     spec = kind_of(params.task(task)).model_spec(params.task(task), schema, load_split(paths, "train"),
                                                  target_of(schema["target"]).n_outputs(schema["target"]))
     torch.manual_seed(0)
-    model = build_model(spec)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable_parameters": trainable, "total_parameters": sum(p.numel() for p in model.parameters())}
+    counts = text_models.parameter_counts(build_model(spec))
+    return {"trainable_parameters": counts["trainable"], "total_parameters": counts["total"]}
 
 
 def baselines(scratch: Path, task: str, text_column: str) -> dict[str, dict[str, Any]]:

@@ -42,6 +42,25 @@ class Page:
         """The served model's fitted target (classes, or the target's name, scale and interval)."""
         return self.model.predictor.target_state
 
+    def predict_one(self, frame: Any) -> Any:
+        """The served model's outputs for one raw record, announced and timed the way every Predict page
+        opens; None when the record is bad (its message is shown instead)."""
+        import time
+
+        import streamlit as st
+
+        from torchcycle.errors import PredictionInputError
+
+        start = time.perf_counter()
+        try:
+            outputs = self.model.predictor.outputs(frame)[0]
+        except PredictionInputError as exc:
+            st.error(str(exc))
+            return None
+        st.success(f"Prediction: {self.target.sentence(outputs, self.target_state)}")
+        st.caption(f"ONNX Runtime: {(time.perf_counter() - start) * 1e3:.1f} ms")
+        return outputs
+
 
 def page(task: str, model: data.Served | None = None, target_type: str | None = None) -> Page:
     """A page's context: the served model's target type, else `target_type`, else the task's."""

@@ -321,10 +321,11 @@ def _typed_text(corpus: list[str]) -> None:
                                 outputs=outputs)
     served = SimpleNamespace(predictor=predictor, label="a test model", version=None, run_id=None,
                              task="texts")
-    page = SimpleNamespace(task="texts", model=served, target=targets.view("classification"), ui=ui,
-                           target_state=target_state,
-                           data=SimpleNamespace(raw_test=lambda task: None, torch_model=lambda m: (model, {}),
-                                                params=lambda: SimpleNamespace(explain=explain)))
+    from dashboards.context import Page
+
+    page = Page(task="texts", model=served, target=targets.view("classification"), ui=ui,
+                data=SimpleNamespace(raw_test=lambda task: None, torch_model=lambda m: (model, {}),
+                                     params=lambda: SimpleNamespace(explain=explain)))
     view.one_text(page)
 
 

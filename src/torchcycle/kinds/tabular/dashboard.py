@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,15 +117,9 @@ def one_row(page: Any, record: dict) -> None:
             st.warning(f"**{name}** = {record[name]} lies outside the training dates {first} – {last}; the "
                        "prediction extrapolates.")
     frame = pd.DataFrame([record])
-    start = time.perf_counter()
-    try:
-        outputs = page.model.predictor.outputs(frame)[0]
-    except PredictionInputError as exc:
-        st.error(str(exc))
+    outputs = page.predict_one(frame)
+    if outputs is None:
         return
-    ms = (time.perf_counter() - start) * 1e3
-    st.success(f"Prediction: {page.target.sentence(outputs, page.target_state)}")
-    st.caption(f"ONNX Runtime: {ms:.1f} ms")
     left, right = st.columns([1, 2])
     with left:
         page.target.details(outputs, page.target_state)

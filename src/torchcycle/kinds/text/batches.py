@@ -58,8 +58,9 @@ class TextBatches(TabularBatches):
         batch = pd.concat([pd.read_parquet(p) for p in stored], ignore_index=True)
         state = read_json(paths.preprocessor)
         vocabulary = {w for t in reference[src.text_column] for w in _words(t)}
-        ref_frame, ref_emb = _profile(reference, src, state, vocabulary, paths)
-        new_frame, new_emb = _profile(batch, src, state, vocabulary, paths)
+        layer = _token_embedding(paths)
+        ref_frame, ref_emb = _profile(reference, src, state, vocabulary, layer)
+        new_frame, new_emb = _profile(batch, src, state, vocabulary, layer)
         label = src.target if src.target in batch.columns else None
         report = D.text_drift(ref_frame, new_frame, ref_emb, new_emb, label, r.psi_threshold, r.p_value)
         report["columns"]["oov_share"]["note"] = "share of a text's words never seen in the training texts"
@@ -70,7 +71,7 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(str(text).lower())
 
 
-def _profile(df: pd.DataFrame, src: Any, state: dict[str, Any], vocabulary: set[str], paths: TaskPaths,
+def _profile(df: pd.DataFrame, src: Any, state: dict[str, Any], vocabulary: set[str], layer: Any,
              ) -> tuple[pd.DataFrame, np.ndarray]:
     """Per text: its token count, its out-of-vocabulary share and the model's pooled embedding."""
     from torchcycle.kinds.text.tokenizer import encode
@@ -81,17 +82,19 @@ def _profile(df: pd.DataFrame, src: Any, state: dict[str, Any], vocabulary: set[
     frame = pd.DataFrame({"tokens": tokens, "oov_share": oov})
     if src.target in df.columns:
         frame[src.target] = df[src.target].astype(str).to_numpy()
-    return frame, pooled_embeddings(paths, ids, mask)
+    return frame, pooled_embeddings(layer, ids, mask)
 
 
-def pooled_embeddings(paths: TaskPaths, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _token_embedding(paths: TaskPaths) -> Any:
+    from torchcycle.artifacts import load_model
+
+    return load_model(paths.models)[0].token_embedding()
+
+
+def pooled_embeddings(layer: Any, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The trained model's token embeddings averaged over each text (what its input layer sees)."""
     import torch
 
-    from torchcycle.artifacts import load_model
-
-    model, _ = load_model(paths.models)
-    layer = model.token_embedding()
     out = []
     with torch.no_grad():
         for s in range(0, len(ids), 1024):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +59,9 @@ def one_text(page: Any) -> None:
         st.info("Type a text to get its prediction.")
         return
     frame = pd.DataFrame({state["text_column"]: [text]})
-    start = time.perf_counter()
-    try:
-        outputs = predictor.outputs(frame)[0]
-    except PredictionInputError as exc:
-        st.error(str(exc))
+    outputs = page.predict_one(frame)
+    if outputs is None:
         return
-    ms = (time.perf_counter() - start) * 1e3
-    st.success(f"Prediction: {page.target.sentence(outputs, page.target_state)}")
-    st.caption(f"ONNX Runtime: {ms:.1f} ms")
     left, right = st.columns([1, 2])
     with left:
         page.target.details(outputs, page.target_state)
